@@ -1,0 +1,270 @@
+"""The demo page in a real headless Chromium against a real `voxws serve --engine synthetic`.
+
+Also the harness the other browser tests share: `browser` (one Chromium per module) and `open_page`.
+Headless Chromium has no sound card: it plays into a fake output whose clock runs in real time, so
+AudioContext and the player's AudioWorklet work with no extra flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import ROOT, serve_process
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("VOXWS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",  # audio may start without a real click
+]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+WAIT_MS = 60_000  # generous: CI may be a loaded 2-core machine
+# Long enough to still be generating when Stop is pressed, with slowed synthetic steps.
+LONG_TEXT = " ".join(f"This is sentence number {i} of a long text that keeps the engine busy." for i in range(40))
+SLOW = {"VOXWS_SYNTHETIC_STEP_BASE_MS": "60"}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set VOXWS_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Console:
+    """Every console error and uncaught exception of a page."""
+
+    def __init__(self, page: Page):
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _console(self, m: ConsoleMessage) -> None:
+        if m.type == "error":
+            self.errors.append(f"console: {m.text}")
+
+
+def open_page(browser: Browser, port: int, query: str = "", connected: bool = True) -> tuple[Page, Console]:
+    page = browser.new_page(viewport={"width": 1000, "height": 980})
+    page.set_default_timeout(WAIT_MS)
+    console = Console(page)
+    page.goto(f"http://127.0.0.1:{port}/{query}")
+    if connected:
+        page.wait_for_function("window.voxDemo && window.voxDemo.connected")
+    return page, console
+
+
+def demo(page: Page, expr: str = "") -> Any:
+    return page.evaluate(f"JSON.parse(JSON.stringify(window.voxDemo{expr}))")
+
+
+def metric(port: int, name: str, labels: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def speak_and_wait(page: Page) -> dict[str, Any]:
+    page.click("#speak")
+    page.wait_for_function("window.voxDemo.playback || window.voxDemo.error")
+    return demo(page)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[int]:
+    with serve_process() as (_, port):
+        yield port
+
+
+def test_page_loads_without_console_errors(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    assert "synthetic" in page.inner_text("#status")
+    formats = page.eval_on_selector_all("#format option", "os => os.map(o => o.value)")
+    assert formats == ["pcm_s16le", "pcm_f32le", "pcm_mulaw"]
+    assert page.eval_on_selector_all("#rate option", "os => os.length") == 6  # native + 5 others
+    assert page.is_hidden("#banner")
+    assert console.errors == []
+    page.close()
+
+
+def test_speak_plays_audio_without_underrun(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    page.fill("#text", "Hello there, this is a short sentence.")
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    played = state["playback"]
+    assert played["samplesPlayed"] > 0
+    assert played["underruns"] == 0, played
+    assert played["stopped"] is False
+    assert played["firstAudibleMs"] is not None
+    assert state["summary"]["audio_ms"] > 0 and state["summary"]["cancelled"] is False
+    # Everything the server sent was played.
+    assert played["samplesPlayed"] == round(state["summary"]["audio_ms"] * played["sampleRate"] / 1000)
+    for fig in ("#f-ttfb", "#f-audible", "#f-audio", "#f-underruns", "#f-chunks"):
+        assert page.inner_text(fig) != "–", fig
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-after-speak.png"), full_page=True)
+    assert console.errors == []
+    page.close()
+
+
+def test_speak_at_another_rate_and_format(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    page.fill("#text", "Sixteen kilohertz, in mu-law.")
+    page.select_option("#format", "pcm_mulaw")
+    page.select_option("#rate", "16000")
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    assert state["playback"]["sampleRate"] == 16000
+    assert state["playback"]["samplesPlayed"] == round(state["summary"]["audio_ms"] * 16)
+    assert console.errors == []
+    page.close()
+
+
+def test_stop_cancels_on_the_server() -> None:
+    with serve_process(env=SLOW) as (_, port), sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page, _ = open_page(b, port)
+            before = metric(port, "voxws_contexts_total", 'outcome="cancelled"')
+            page.fill("#text", LONG_TEXT)
+            page.click("#speak")
+            page.wait_for_function("document.getElementById('f-chunks').textContent !== '–'")
+            assert page.is_disabled("#speak")
+            page.click("#stop")
+            page.wait_for_function("window.voxDemo.playback")
+            state = demo(page)
+            assert state["summary"]["cancelled"] is True
+            assert state["playback"]["stopped"] is True
+            assert "Stopped" in page.inner_text("#banner")
+            assert page.is_enabled("#speak")
+            deadline = time.monotonic() + 30
+            while metric(port, "voxws_contexts_total", 'outcome="cancelled"') < before + 1:
+                assert time.monotonic() < deadline, "the server never counted the context as cancelled"
+                time.sleep(0.1)
+            assert metric(port, "voxws_contexts_total", 'outcome="done"') == 0
+        finally:
+            b.close()
+
+
+def test_llm_mode_speaks_before_the_text_is_complete(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server, "?llm_ms=120")
+    text = ("The first sentence is short. The second one arrives while the first is already speaking. "
+            "And a third, so that the text is far from complete when the audio begins.")
+    page.fill("#text", text)
+    page.check("#llm", force=True)
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    llm = state["llm"]
+    assert llm["totalChars"] == len(text)
+    assert llm["charsAtFirstAudio"] is not None
+    assert llm["charsAtFirstAudio"] < llm["totalChars"]  # audio came while text was still being written
+    assert state["summary"]["text_chars"] == len(text)
+    assert state["playback"]["samplesPlayed"] > 0
+    assert page.inner_text("#typed") == text
+    assert console.errors == []
+    page.close()
+
+
+def test_empty_text_shows_a_message(browser: Browser, server: int) -> None:
+    page, _ = open_page(browser, server)
+    page.fill("#text", "   ")
+    page.click("#speak")
+    assert page.get_attribute("#banner", "data-code") == "empty_text"
+    assert "Nothing to speak" in page.inner_text("#banner")
+    # Punctuation alone passes the page's check; the server's empty_text reads the same.
+    page.fill("#text", "... !?")
+    page.click("#speak")
+    page.wait_for_function("window.voxDemo.error && window.voxDemo.error.code === 'empty_text'")
+    assert "Nothing to speak" in page.inner_text("#banner")
+    page.wait_for_function("!document.getElementById('speak').disabled")
+    page.close()
+
+
+def test_wrong_token_shows_an_authentication_error(browser: Browser, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("right-token-123\n")
+    with serve_process(env={"VOXWS_AUTH_TOKEN_FILE": str(token_file)}) as (_, port):
+        page, _ = open_page(browser, port, connected=False)
+        page.wait_for_function("window.voxDemo.error")
+        assert page.get_attribute("#banner", "data-code") == "unauthorized"
+        assert "needs a token" in page.inner_text("#banner")
+
+        page.fill("#token", "wrong-token")
+        page.click("#connect")
+        page.wait_for_function("document.getElementById('banner').textContent.includes('refused this token')")
+        assert "Authentication failed" in page.inner_text("#banner")
+        assert page.get_attribute("#status", "data-state") == "error"
+
+        page.fill("#token", "right-token-123")
+        page.click("#connect")
+        page.wait_for_function("window.voxDemo.connected")
+        assert page.is_hidden("#banner")
+        page.close()
+
+
+def test_busy_server_shows_a_message(browser: Browser) -> None:
+    # One engine slot and no queue: while another client speaks, the page's request is refused.
+    env = {"VOXCPM_MAX_NUM_SEQS": "1", "VOXWS_MAX_QUEUE": "0", "VOXWS_SYNTHETIC_STEP_BASE_MS": "200"}
+    with serve_process(env=env) as (_, port), ws_connect(f"ws://127.0.0.1:{port}/v1/tts") as other:
+        json.loads(other.recv(timeout=30))  # ready
+        other.send(json.dumps({"type": "speak", "context": "hog", "text": LONG_TEXT[:300]}))
+        while not isinstance(frame := other.recv(timeout=30), bytes):
+            assert json.loads(frame)["type"] in ("start", "queued"), frame
+        page, _ = open_page(browser, port)
+        page.fill("#text", "Am I next?")
+        page.click("#speak")
+        page.wait_for_function("window.voxDemo.error")
+        assert page.get_attribute("#banner", "data-code") == "busy"
+        assert "busy" in page.inner_text("#banner")
+        assert "Try again in" in page.inner_text("#banner")
+        page.close()
+
+
+def test_lost_connection_shows_a_message_and_reconnects(browser: Browser) -> None:
+    port = None
+    with serve_process() as (proc, port):
+        page, _ = open_page(browser, port)
+        proc.send_signal(signal.SIGKILL)  # our own server process, by PID
+        proc.wait(10)
+        page.wait_for_function("!window.voxDemo.connected")
+        page.wait_for_function("document.getElementById('banner').dataset.code === 'connection_lost'")
+        assert "Lost the connection" in page.inner_text("#banner")
+        assert page.get_attribute("#status", "data-state") == "disconnected"
+    # A new server on the same port: Speak reconnects by itself.
+    with serve_process(port=port) as (_, port2):
+        assert port2 == port
+        page.fill("#text", "Back again.")
+        state = speak_and_wait(page)
+        assert state["error"] is None, state["error"]
+        assert state["connected"] is True
+        assert state["playback"]["samplesPlayed"] > 0
+        page.close()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)

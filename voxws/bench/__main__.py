@@ -1,0 +1,3 @@
+from voxws.bench.cli import main
+
+main()

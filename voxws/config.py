@@ -1,0 +1,250 @@
+"""Settings from the environment (and CLI flags), validated once.
+
+One rule set serves `voxws serve` (at start-up, before any engine loads) and
+`voxws-ops validate` (on env files): every rule lives in FIELDS below, and every
+refusal names the variable, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw")
+ENGINES = ("nanovllm", "synthetic")
+GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; str() lists one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute on Settings
+    env: str  # environment variable
+    parse: Callable[[str], Any]
+    default: Any
+    rule: str  # human sentence used in the error message
+    check: Callable[[Any], bool] = lambda v: True
+    help: str = ""
+
+
+def _int(s: str) -> int:
+    return int(s.strip(), 10)
+
+
+def _float(s: str) -> float:
+    v = float(s.strip())
+    if not math.isfinite(v):
+        raise ValueError(s)
+    return v
+
+
+def _str(s: str) -> str:
+    return s.strip()
+
+
+def _opt_str(s: str) -> str | None:
+    return s.strip() or None
+
+
+def _opt_int(s: str) -> int | None:
+    return _int(s) if s.strip() else None
+
+
+def _devices(s: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in s.split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise ValueError(s)
+    return tuple(int(p) for p in parts)
+
+
+def _origins(s: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in s.split(",") if o.strip())
+
+
+def _unique(v: tuple[int, ...]) -> bool:
+    return len(set(v)) == len(v)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("group", "VOXWS_GROUP", _str, "group0", "1-64 characters of [A-Za-z0-9_.-]",
+          lambda v: bool(GROUP_RE.match(v)), "group name (the %i of voxcpm@%i)"),
+    Field("host", "VOXWS_HOST", _str, "127.0.0.1", "a host name or IP address", lambda v: bool(v),
+          "listen address"),
+    Field("port", "VOXWS_PORT", _int, 8081, "an integer from 1 to 65535", lambda v: 1 <= v <= 65535,
+          "listen port"),
+    Field("engine", "VOXWS_ENGINE", _str, "nanovllm", "one of: " + ", ".join(ENGINES),
+          lambda v: v in ENGINES, "engine backend"),
+    Field("model_path", "VOXCPM_MODEL_PATH", _opt_str, None, "a model directory", help="model directory"),
+    Field("devices", "VOXCPM_DEVICES", _devices, (0,),
+          "comma-separated distinct GPU indices relative to CUDA_VISIBLE_DEVICES, e.g. 0,1", _unique,
+          "GPU indices of this group"),
+    Field("gpu_memory_utilization", "VOXCPM_GPU_MEMORY_UTILIZATION", _float, 0.4,
+          "a number from 0.4 to 0.95 (below 0.4 the KV cache does not fit; above 0.95 CUDA graphs "
+          "and the VAE run the card out of memory)", lambda v: 0.4 <= v <= 0.95,
+          "fraction of each card the engine may take"),
+    Field("max_num_seqs", "VOXCPM_MAX_NUM_SEQS", _int, 128, "an integer from 1 to 512",
+          lambda v: 1 <= v <= 512, "sequences per engine step (per GPU)"),
+    Field("max_model_len", "VOXCPM_MAX_MODEL_LEN", _int, 2048,
+          "a multiple of 256 from 256 to 32768", lambda v: 256 <= v <= 32768 and v % 256 == 0,
+          "positions per sequence (text tokens + audio steps)"),
+    Field("auth_token_file", "VOXWS_AUTH_TOKEN_FILE", _opt_str, None, "a readable file holding the token",
+          help="bearer token file (access control off when unset)"),
+    Field("allowed_origins", "VOXWS_ALLOWED_ORIGINS", _origins, (),
+          "comma-separated origins such as https://app.example.com",
+          lambda v: all(re.match(r"^(https?://[^/\s]+|null)$", o) for o in v),
+          "browser origins allowed to connect (any when unset)"),
+    Field("max_connections", "VOXWS_MAX_CONNECTIONS", _int, 1024, "an integer from 1 to 100000",
+          lambda v: 1 <= v <= 100_000, "WebSocket connections per process"),
+    Field("max_queue", "VOXWS_MAX_QUEUE", _int, 256, "an integer from 0 to 100000",
+          lambda v: 0 <= v <= 100_000, "contexts waiting for an engine slot before `busy`"),
+    Field("max_contexts", "VOXWS_MAX_CONTEXTS", _int, 8, "an integer from 1 to 1024",
+          lambda v: 1 <= v <= 1024, "open contexts per socket"),
+    Field("max_text_chars", "VOXWS_MAX_TEXT_CHARS", _int, 5000, "an integer from 1 to 1000000",
+          lambda v: 1 <= v <= 1_000_000, "characters per text (per context)"),
+    Field("max_message_bytes", "VOXWS_MAX_MESSAGE_BYTES", _int, 65536, "an integer from 1024 to 16777216",
+          lambda v: 1024 <= v <= 16 * 1024 * 1024, "bytes per client frame"),
+    Field("idle_timeout_s", "VOXWS_IDLE_TIMEOUT_S", _float, 300.0, "a number of seconds from 1 to 86400",
+          lambda v: 1 <= v <= 86400, "close a socket with no message and no open context after this"),
+    Field("drain_timeout_s", "VOXWS_DRAIN_TIMEOUT_S", _float, 60.0,
+          "a number of seconds from 0 to 3600 (keep it below the unit's TimeoutStopSec)",
+          lambda v: 0 <= v <= 3600, "how long SIGTERM waits for contexts in flight"),
+    Field("rate_limit_per_s", "VOXWS_RATE_LIMIT_PER_S", _float, 50.0, "a number from 1 to 100000",
+          lambda v: 1 <= v <= 100_000, "control messages per second per socket (burst: twice that)"),
+    Field("max_unsent_audio_s", "VOXWS_MAX_UNSENT_AUDIO_S", _float, 60.0, "a number of seconds from 1 to 3600",
+          lambda v: 1 <= v <= 3600, "audio a socket may leave unread before `slow_consumer`"),
+    Field("stall_timeout_s", "VOXWS_STALL_TIMEOUT_S", _float, 20.0, "a number of seconds from 1 to 3600",
+          lambda v: 1 <= v <= 3600, "how long a blocked write may last before `slow_consumer`"),
+    Field("text_delay_ms", "VOXWS_TEXT_DELAY_MS", _int, 400, "an integer from 0 to 60000",
+          lambda v: 0 <= v <= 60_000, "incremental text: speak buffered text this long after the last `text`"),
+    Field("text_buffer_chars", "VOXWS_TEXT_BUFFER_CHARS", _int, 60, "an integer from 1 to 100000",
+          lambda v: 1 <= v <= 100_000, "incremental text: speak at a clause end once this many chars wait"),
+    Field("log_format", "VOXWS_LOG_FORMAT", _opt_str, None, "json or console",
+          lambda v: v in (None, "json", "console"), "log line format (json when stdout is not a TTY)"),
+    Field("synthetic_step_base_ms", "VOXWS_SYNTHETIC_STEP_BASE_MS", _float, 9.5,
+          "a number of milliseconds from 0 to 10000", lambda v: 0 <= v <= 10_000,
+          "synthetic engine: fixed time per step (H100: 9.5)"),
+    Field("synthetic_step_per_seq_ms", "VOXWS_SYNTHETIC_STEP_PER_SEQ_MS", _float, 0.53,
+          "a number of milliseconds from 0 to 1000", lambda v: 0 <= v <= 1000,
+          "synthetic engine: extra time per sequence in a step (H100: 0.53)"),
+    Field("synthetic_fail_marker", "VOXWS_SYNTHETIC_FAIL_MARKER", _opt_str, None, "any text",
+          help="synthetic engine: a request whose text contains this fails"),
+    Field("synthetic_crash_after_steps", "VOXWS_SYNTHETIC_CRASH_AFTER_STEPS", _opt_int, None,
+          "a positive integer", lambda v: v is None or v > 0,
+          "synthetic engine: a worker dies after this many steps"),
+)
+FIELD_BY_ENV = {f.env: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    group: str = "group0"
+    host: str = "127.0.0.1"
+    port: int = 8081
+    engine: str = "nanovllm"
+    model_path: str | None = None
+    devices: tuple[int, ...] = (0,)
+    gpu_memory_utilization: float = 0.4
+    max_num_seqs: int = 128
+    max_model_len: int = 2048
+    auth_token_file: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 1024
+    max_queue: int = 256
+    max_contexts: int = 8
+    max_text_chars: int = 5000
+    max_message_bytes: int = 65536
+    idle_timeout_s: float = 300.0
+    drain_timeout_s: float = 60.0
+    rate_limit_per_s: float = 50.0
+    max_unsent_audio_s: float = 60.0
+    stall_timeout_s: float = 20.0
+    text_delay_ms: int = 400
+    text_buffer_chars: int = 60
+    log_format: str | None = None
+    synthetic_step_base_ms: float = 9.5
+    synthetic_step_per_seq_ms: float = 0.53
+    synthetic_fail_marker: str | None = None
+    synthetic_crash_after_steps: int | None = None
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def auth_token(self) -> str | None:
+        if not self.auth_token_file:
+            return None
+        with open(self.auth_token_file, encoding="utf-8") as f:
+            return f.read().strip() or None
+
+
+def problem(source: str, env: str, value: object, rule: str) -> str:
+    """The one shape of every refusal: where, which variable, what value, which rule."""
+    where = f"{source}: " if source else ""
+    return f"{where}{env}={value!s}: must be {rule}"
+
+
+def parse_value(field: Field, raw: str, source: str = "") -> tuple[Any, str | None]:
+    """Parse and check one raw value; return (value, problem-or-None)."""
+    try:
+        value = field.parse(raw)
+    except (ValueError, TypeError):
+        return None, problem(source, field.env, raw, field.rule)
+    if not field.check(value):
+        return None, problem(source, field.env, raw, field.rule)
+    return value, None
+
+
+def check_cross(s: Settings, source: str = "") -> list[str]:
+    """Rules that involve more than one setting, or the outside world."""
+    out: list[str] = []
+    if s.engine == "nanovllm" and not s.model_path:
+        out.append(problem(source, "VOXCPM_MODEL_PATH", "", "set to a model directory when VOXWS_ENGINE=nanovllm"))
+    if s.auth_token_file:
+        try:
+            if not s.auth_token():
+                out.append(problem(source, "VOXWS_AUTH_TOKEN_FILE", s.auth_token_file, "a file holding a non-empty token"))
+        except OSError as e:
+            out.append(problem(source, "VOXWS_AUTH_TOKEN_FILE", s.auth_token_file,
+                               f"a readable file holding the token ({e.strerror})"))
+    return out
+
+
+def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
+         source: str = "") -> Settings:
+    """Build Settings from env (default os.environ) plus CLI overrides keyed by env name.
+
+    Raises ConfigError listing every problem at once, so a bad unit file is fixed in one go.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in FIELDS:
+        raw: Any = None
+        if overrides and overrides.get(f.env) is not None:
+            raw = str(overrides[f.env])
+        elif f.env in env:
+            raw = env[f.env]
+        if raw is None:
+            continue
+        value, err = parse_value(f, raw, source)
+        if err:
+            problems.append(err)
+        else:
+            values[f.name] = value
+    settings = Settings(**values)
+    problems += check_cross(settings, source)
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -1,0 +1,255 @@
+"""A CPU stand-in for nano-vllm-voxcpm that behaves like it, for development, tests and CI.
+
+Same as the real engine: one batched step loop per device, a FIFO `waiting` queue and a
+`running` list, prefill before decode, at most `max_num_seqs` sequences per step, chunks
+of 7056 float32 samples at 44.1 kHz, the refusal when prompt + max_generate_length >
+max_model_len, cancellation between steps. Also like the real scheduler, the surplus over
+`max_num_seqs` is prefilled (gets its first chunk) and then starves while the first
+`max_num_seqs` running sequences take every decode step: the server must keep it out.
+
+Step time follows t(batch) = base + per_seq * batch (H100 figures by default).
+
+Audio: a tone whose pitch follows the text, one pitch per step, every pitch a multiple
+of 6.25 Hz so each chunk holds whole periods and chunk seams are click-free. The first
+samples of each chunk carry a mark (tag hash, segment, step) that survives pcm_s16le
+exactly, so tests can prove no chunk is lost, duplicated or reordered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voxws import sizing
+from voxws.config import Settings
+from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+
+SAMPLE_RATE = 44100
+CHUNK = 7056  # 4 latent frames x 1764 samples = 0.16 s
+MARK_MAGIC = 0x2A5A  # < 2**14, exact through s16: round(v / 32768 * 32767) == v
+_MARK_SCALE = 1.0 / 32768
+_PITCHES = np.arange(20, 68)  # x 6.25 Hz: 125-419 Hz
+
+
+def _tone_table() -> np.ndarray:
+    t = np.arange(CHUNK, dtype=np.float64) / SAMPLE_RATE
+    freqs = _PITCHES * (SAMPLE_RATE / CHUNK)
+    # A soft vowel-like timbre: fundamental plus two harmonics.
+    table = sum(a * np.sin(2 * np.pi * h * freqs[:, None] * t) for h, a in ((1, 0.22), (2, 0.08), (3, 0.04)))
+    return np.asarray(table, dtype=np.float32)
+
+
+_TONES = _tone_table()
+
+
+def tag_hash(tag: str) -> int:
+    return zlib.crc32(tag.encode()) & 0x3FFF
+
+
+def natural_seconds(text: str) -> float:
+    """The synthetic 'model's speaking rate: 0.25 s per CJK character, 0.07 s per other letter or digit."""
+    cjk = sum(1 for ch in text if sizing.is_cjk(ch))
+    other = sum(1 for ch in text if ch.isalnum() and not sizing.is_cjk(ch))
+    return 0.25 * cjk + 0.07 * other
+
+
+def natural_steps(text: str) -> int:
+    return max(1, math.ceil(natural_seconds(text) * 6.25 - 1e-9))
+
+
+def read_mark(samples_s16: np.ndarray) -> tuple[int, int, int] | None:
+    """(tag_hash, segment, step) from the first samples of a pcm_s16le chunk, or None."""
+    if len(samples_s16) < 5 or int(samples_s16[0]) != MARK_MAGIC:
+        return None
+    h, seg, lo, hi = (int(x) for x in samples_s16[1:5])
+    return h, seg, lo | (hi << 14)
+
+
+@dataclass(eq=False)
+class _Seq:
+    text: str
+    steps: int
+    tag: str
+    segment: int
+    out: asyncio.Queue[np.ndarray | BaseException | None] = field(default_factory=asyncio.Queue)
+    done_steps: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+
+class _Worker:
+    """One device: the scheduler and step loop of one engine process."""
+
+    def __init__(self, engine: SyntheticEngine, index: int):
+        self.engine = engine
+        self.index = index
+        self.waiting: deque[_Seq] = deque()
+        self.running: list[_Seq] = []
+        self.wake = asyncio.Event()
+        self.steps = 0
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, seq: _Seq) -> None:
+        self.waiting.append(seq)
+        self.wake.set()
+
+    def cancel(self, seq: _Seq) -> None:
+        seq.cancelled = True
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+
+    def _schedule(self) -> list[_Seq]:
+        s = self.engine.settings
+        if self.waiting:  # prefill first, FIFO, up to max_num_seqs per step
+            batch = []
+            while self.waiting and len(batch) < s.max_num_seqs:
+                seq = self.waiting.popleft()
+                self.running.append(seq)
+                batch.append(seq)
+            return batch
+        return self.running[: s.max_num_seqs]  # decode: the first max_num_seqs only, as the real one
+
+    async def loop(self) -> None:
+        s = self.engine.settings
+        base, per_seq = s.synthetic_step_base_ms / 1000, s.synthetic_step_per_seq_ms / 1000
+        while True:
+            batch = self._schedule()
+            if not batch:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            t0 = time.perf_counter()
+            for seq in batch:
+                if not seq.cancelled:
+                    self._emit(seq)
+            self.steps += 1
+            crash = s.synthetic_crash_after_steps
+            if crash is not None and self.steps >= crash:
+                self.engine._die(f"synthetic worker {self.index} crashed after {self.steps} steps (fault injection)")
+                return
+            # The step's compute time, minus what producing the chunks already took.
+            await asyncio.sleep(max(0.0, base + per_seq * len(batch) - (time.perf_counter() - t0)))
+
+    def _emit(self, seq: _Seq) -> None:
+        step = seq.done_steps
+        pos = min(len(seq.text) - 1, step * len(seq.text) // max(1, seq.steps))
+        chunk = _TONES[ord(seq.text[pos]) % len(_PITCHES)].copy()
+        # Fade the last chunk out so the end of speech has no click.
+        if step == seq.steps - 1:
+            chunk[-512:] *= np.linspace(1, 0, 512, dtype=np.float32)
+        h = tag_hash(seq.tag)
+        chunk[:5] = np.array([MARK_MAGIC, h, seq.segment, step & 0x3FFF, step >> 14], np.float32) * _MARK_SCALE
+        seq.done_steps += 1
+        seq.out.put_nowait(chunk)
+        if seq.done_steps >= seq.steps:
+            seq.finished = True
+            self.running.remove(seq)
+            seq.out.put_nowait(None)
+
+
+class SyntheticEngine:
+    name = "synthetic"
+    model = "synthetic-voxcpm1.5"
+    sample_rate = SAMPLE_RATE
+    chunk_samples = CHUNK
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.max_model_len = settings.max_model_len
+        self.max_num_seqs = settings.max_num_seqs
+        self.num_workers = len(settings.devices)
+        self._workers: list[_Worker] = []
+        self._dead: str | None = None
+
+    async def start(self) -> None:
+        if self._workers:
+            return
+        if self.settings.synthetic_crash_after_steps == 0:
+            raise EngineStartError("synthetic engine: crash_after_steps must be positive")
+        self._workers = [_Worker(self, i) for i in range(self.num_workers)]
+        for w in self._workers:
+            w.task = asyncio.create_task(w.loop(), name=f"synthetic-worker-{w.index}")
+
+    async def stop(self) -> None:
+        for w in self._workers:
+            if w.task:
+                w.task.cancel()
+        for w in self._workers:
+            if w.task:
+                try:
+                    await w.task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._workers = []
+
+    def _die(self, reason: str) -> None:
+        self._dead = reason
+        for w in self._workers:
+            for seq in [*w.waiting, *w.running]:
+                seq.out.put_nowait(EngineDead(reason))
+            w.waiting.clear()
+            w.running.clear()
+
+    @property
+    def dead_reason(self) -> str | None:
+        return self._dead
+
+    @property
+    def running(self) -> int:
+        return sum(w.load for w in self._workers)
+
+    def worker_loads(self) -> list[tuple[int, int]]:
+        """(waiting, running) per worker: for tests and metrics."""
+        return [(len(w.waiting), len(w.running)) for w in self._workers]
+
+    def count_tokens(self, text: str) -> int:
+        return sizing.estimate_tokens(text) + 1
+
+    def voices(self) -> frozenset[str]:
+        return frozenset({"default"})
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[np.ndarray]:
+        if self._dead:
+            raise EngineDead(self._dead)
+        if not self._workers:
+            raise EngineError("engine not started")
+        marker = self.settings.synthetic_fail_marker
+        if marker and marker in request.text:
+            raise EngineError("synthetic failure requested by VOXWS_SYNTHETIC_FAIL_MARKER")
+        prompt = self.count_tokens(request.text)
+        if prompt + request.max_generate_length > self.max_model_len:
+            # The real engine's ValueError, same rule.
+            raise EngineRefused(f"prompt {prompt} + max_generate_length {request.max_generate_length} "
+                                f"> max_model_len {self.max_model_len}")
+        seg = 0
+        if "/" in request.tag:
+            tail = request.tag.rsplit("/", 1)[1]
+            seg = int(tail) if tail.isdigit() else 0
+        seq = _Seq(request.text or " ", max(1, min(natural_steps(request.text), request.max_generate_length)),
+                   request.tag, seg & 0x3FFF)
+        worker = min(self._workers, key=lambda w: w.load)  # the pool routes to the least loaded worker
+        worker.add(seq)
+        try:
+            while True:
+                item = await seq.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not seq.finished:
+                worker.cancel(seq)

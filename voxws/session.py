@@ -1,0 +1,470 @@
+"""One WebSocket connection: dispatch client messages, own its contexts, write frames in order.
+
+Free of socket details: the server hands in a Transport (send / close) and feeds
+received frames to `handle_text` / `handle_binary`. One writer task sends everything:
+control frames first, then the audio of the oldest open context (the head), so the
+audio of different contexts is never interleaved and `cancelled` can never overtake
+a frame of its own context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from voxws import protocol, sizing, text
+from voxws.admission import Admission, Busy
+from voxws.audio import Encoder
+from voxws.config import Settings
+from voxws.context import Context, Outcome, Producer
+from voxws.engines.base import Engine, EngineDead, EngineError
+from voxws.metrics import Metrics
+from voxws.protocol import Message, ProtocolError
+
+log = structlog.get_logger("voxws.session")
+_ids = itertools.count(1)
+
+
+class Transport(Protocol):
+    async def send(self, data: str | bytes) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class Shared:
+    """What every session of one server uses."""
+
+    settings: Settings
+    engine: Engine
+    admission: Admission
+    metrics: Metrics
+    version: str
+    draining: bool = False
+    sessions: set[Session] = field(default_factory=set)
+
+    def limits(self) -> dict[str, float | int]:
+        s = self.settings
+        return {"max_text_chars": s.max_text_chars, "max_contexts": s.max_contexts,
+                "max_message_bytes": s.max_message_bytes, "idle_timeout_s": s.idle_timeout_s,
+                "max_queue": s.max_queue, "rate_limit_per_s": s.rate_limit_per_s,
+                "max_unsent_audio_s": s.max_unsent_audio_s, "text_delay_ms": s.text_delay_ms,
+                "text_buffer_chars": s.text_buffer_chars, "max_model_len": self.engine.max_model_len}
+
+    def hello(self) -> str:
+        e = self.engine
+        return protocol.ready(version=self.version, group=self.settings.group, engine=e.name, model=e.model,
+                              sample_rate=e.sample_rate, limits=self.limits())
+
+
+class Session:
+    def __init__(self, shared: Shared, transport: Transport, peer: str = ""):
+        self.shared = shared
+        self.s = shared.settings
+        self.t = transport
+        self.id = f"c{next(_ids)}"
+        self.log = log.bind(conn=self.id, peer=peer)
+        self.contexts: dict[str, Context] = {}
+        self.order: deque[Context] = deque()  # audio delivery order
+        self.control: deque[str] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.close_code: tuple[int, str] | None = None
+        self.last_activity = time.monotonic()
+        self.send_started: float | None = None  # when the writer's pending send began
+        self._tokens = 2 * self.s.rate_limit_per_s
+        self._tokens_at = time.monotonic()
+        self.writer: asyncio.Task[None] | None = None
+        m = shared.metrics
+        self._m_audio, self._m_chunks, self._m_ttfb = m.audio_seconds, m.chunks, m.ttfb
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        self.shared.sessions.add(self)
+        self.control.append(self.shared.hello())
+        if self.shared.draining:
+            self.control.append(protocol.going_away("draining", int(self.s.drain_timeout_s * 1000)))
+        self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+
+    async def finish(self) -> None:
+        """The client is gone or we closed: stop all work of this socket."""
+        self.closed = True
+        self.shared.sessions.discard(self)
+        for ctx in list(self.contexts.values()):
+            self._stop_context(ctx)
+            self._account(ctx, "disconnected")
+        self.contexts.clear()
+        self.order.clear()
+        if self.writer is not None:
+            self.writer.cancel()
+            try:
+                await self.writer
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after everything queued so far is sent."""
+        if self.close_code is None:
+            self.close_code = (code, reason)
+            self.wake.set()
+
+    @property
+    def open_contexts(self) -> int:
+        return len(self.contexts)
+
+    # -- input -----------------------------------------------------------
+
+    def handle_binary(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        self._error(ProtocolError("bad_message", "binary frames are audio only, server to client"))
+
+    def handle_text(self, frame: str) -> None:
+        self.last_activity = time.monotonic()
+        if not self._take_token():
+            self._error(ProtocolError("rate_limited", f"over {self.s.rate_limit_per_s:g} messages per second"))
+            return
+        try:
+            msg = protocol.parse(frame)
+            getattr(self, f"_on_{msg.type}")(msg)
+        except ProtocolError as e:
+            self._error(e)
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        rate = self.s.rate_limit_per_s
+        self._tokens = min(2 * rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _on_ping(self, msg: Message) -> None:
+        self._send(protocol.PONG)
+
+    def _on_speak(self, msg: Message) -> None:
+        assert msg.text is not None
+        cid = msg.context or f"s{next(_ids)}"
+        if msg.context and msg.context in self.contexts:
+            raise ProtocolError("context_exists", f"context {cid!r} is open", cid)
+        clean = self._check_text(msg.text, cid, already=0)
+        ctx = self._open(cid, msg, incremental=False)
+        ctx.text_chars = len(clean)
+        self._enqueue(ctx, clean)
+        ctx.segments.put_nowait(None)
+        ctx.input_ended = True
+
+    def _on_text(self, msg: Message) -> None:
+        assert msg.text is not None
+        cid = msg.context or protocol.DEFAULT_CONTEXT
+        ctx = self.contexts.get(cid)
+        if ctx is not None and not ctx.incremental:
+            raise ProtocolError("context_exists", f"context {cid!r} is a `speak` context", cid)
+        if ctx is not None and ctx.input_ended:
+            raise ProtocolError("unknown_context", f"context {cid!r} has ended its input", cid)
+        if len(msg.text) + (ctx.text_chars if ctx else 0) > self.s.max_text_chars:
+            raise ProtocolError("text_too_long", f"context text over {self.s.max_text_chars} characters", cid)
+        if ctx is None:
+            ctx = self._open(cid, msg, incremental=True)
+            ctx.buffer = text.TextBuffer(threshold_chars=self.s.text_buffer_chars,
+                                         max_tokens=self._budget())
+        ctx.text_chars += len(msg.text)
+        assert ctx.buffer is not None
+        for ready in ctx.buffer.append(msg.text):
+            self._enqueue(ctx, ready)
+        self._arm_timer(ctx)
+
+    def _on_flush(self, msg: Message) -> None:
+        ctx = self._incremental(msg)
+        self._flush_buffer(ctx)
+
+    def _on_end(self, msg: Message) -> None:
+        ctx = self._incremental(msg)
+        self._flush_buffer(ctx)
+        ctx.input_ended = True
+        ctx.segments.put_nowait(None)
+        if ctx.enqueued == 0:
+            # Nothing speakable was ever sent: the context ends like an empty speak.
+            self._end(ctx, Outcome("empty_text", protocol.error(
+                "empty_text", "the context received no speakable text", ctx.id)))
+
+    def _on_cancel(self, msg: Message) -> None:
+        if msg.context is None:
+            for ctx in list(self.contexts.values()):
+                self._cancel(ctx)
+            return
+        ctx = self.contexts.get(msg.context)
+        if ctx is None:
+            raise ProtocolError("unknown_context", f"no open context {msg.context!r}", msg.context)
+        self._cancel(ctx)
+
+    # -- contexts --------------------------------------------------------
+
+    def _check_text(self, raw: str, cid: str, already: int) -> str:
+        if len(raw) > self.s.max_text_chars:
+            raise ProtocolError("text_too_long", f"text over {self.s.max_text_chars} characters", cid)
+        clean = text.normalize(raw)
+        if not text.is_speakable(clean):
+            raise ProtocolError("empty_text", "text is empty or only whitespace/punctuation", cid)
+        return clean
+
+    def _budget(self) -> int:
+        return sizing.segment_budget(self.shared.engine.max_model_len)
+
+    def _segments(self, clean: str) -> list[str]:
+        engine = self.shared.engine
+        return text.split_segments(clean, self._budget(), count_tokens=lambda t: engine.count_tokens(t) - 1)
+
+    def _open(self, cid: str, msg: Message, incremental: bool) -> Context:
+        if self.shared.draining:
+            raise ProtocolError("shutting_down", "the server is draining; reconnect to another", cid)
+        if len(self.contexts) >= self.s.max_contexts:
+            raise ProtocolError("too_many_contexts", f"over {self.s.max_contexts} open contexts", cid)
+        opts = msg.options
+        voices = self.shared.engine.voices()
+        if opts.voice is not None and opts.voice not in voices:
+            raise ProtocolError("unknown_voice", f"voice {opts.voice[:64]!r} is not registered", cid)
+        native = self.shared.engine.sample_rate
+        rate = opts.sample_rate or native
+        ctx = Context(cid, opts, Encoder(opts.format, native, rate), rate, incremental)
+        self.contexts[cid] = ctx
+        self.order.append(ctx)
+        if self.order[0] is ctx:
+            ctx.became_head.set()
+        producer = Producer(ctx, self.shared.engine, self.shared.admission, push=self._push,
+                            on_queued=self._on_queued, on_admitted=self._on_admitted,
+                            ahead_limit_s=self.s.max_unsent_audio_s / 2)
+        ctx.producer = producer.task = asyncio.create_task(producer.run(), name=f"ctx-{self.id}-{cid}")
+        ctx.producer.add_done_callback(lambda t: self._produced(ctx, t))
+        self.shared.metrics.contexts_active.inc()
+        return ctx
+
+    def _incremental(self, msg: Message) -> Context:
+        cid = msg.context or protocol.DEFAULT_CONTEXT
+        ctx = self.contexts.get(cid)
+        if ctx is None or not ctx.incremental or ctx.input_ended:
+            raise ProtocolError("unknown_context", f"no open incremental context {cid!r}", cid)
+        return ctx
+
+    def _enqueue(self, ctx: Context, piece: str) -> None:
+        clean = text.normalize(piece)
+        if text.is_speakable(clean):
+            for seg in self._segments(clean):
+                ctx.segments.put_nowait(seg)
+                ctx.enqueued += 1
+
+    def _flush_buffer(self, ctx: Context) -> None:
+        if ctx.timer is not None:
+            ctx.timer.cancel()
+            ctx.timer = None
+        if ctx.buffer is not None:
+            self._enqueue(ctx, ctx.buffer.flush())
+
+    def _arm_timer(self, ctx: Context) -> None:
+        if ctx.timer is not None:
+            ctx.timer.cancel()
+        if ctx.buffer is not None and ctx.buffer.pending.strip():
+            loop = asyncio.get_running_loop()
+            ctx.timer = loop.call_later(self.s.text_delay_ms / 1000, self._on_timer, ctx)
+
+    def _on_timer(self, ctx: Context) -> None:
+        ctx.timer = None
+        if ctx.outcome is None and self.contexts.get(ctx.id) is ctx:
+            self._flush_buffer(ctx)
+
+    def _on_queued(self, ctx: Context, position: int) -> None:
+        self._send(protocol.queued(ctx.id, position))
+
+    def _on_admitted(self, ctx: Context, waited_s: float) -> None:
+        self.shared.metrics.queue_wait.observe(waited_s)
+
+    def _push(self, ctx: Context, data: bytes) -> None:
+        """An encoded frame is ready (called by the producer)."""
+        if ctx.outcome is not None and ctx.outcome.kind == "cancelled":
+            return
+        ctx.frames.append(data)
+        ctx.queued_samples += len(data) // ctx.encoder.bytes_per_sample
+        if ctx is self.order[0]:
+            self.wake.set()
+            if ctx.queued_seconds > self.s.max_unsent_audio_s:
+                self.slow_consumer(f"over {self.s.max_unsent_audio_s:g} s of audio unread")
+
+    def _produced(self, ctx: Context, task: asyncio.Task[None]) -> None:
+        """The producer ended: all audio is queued, or it failed."""
+        if ctx.outcome is not None or task.cancelled():
+            return
+        err = task.exception()
+        if err is None:
+            self._end(ctx, Outcome("done"))
+        elif isinstance(err, Busy):
+            self._end(ctx, Outcome("busy", protocol.error(
+                "busy", "the server's admission queue is full", ctx.id, retry_after_ms=err.retry_after_ms)))
+        elif isinstance(err, ProtocolError):
+            self._end(ctx, Outcome(err.code, err.frame()))
+        elif isinstance(err, EngineError):
+            dead = isinstance(err, EngineDead)
+            self.log.warning("engine_error", context=ctx.id, error=str(err), dead=dead)
+            self._end(ctx, Outcome("engine_error", protocol.error("engine_error", str(err), ctx.id)))
+        else:
+            self.log.error("context_crashed", context=ctx.id, error=repr(err))
+            self._end(ctx, Outcome("engine_error", protocol.error("engine_error", "internal error", ctx.id)))
+
+    def _cancel(self, ctx: Context) -> None:
+        self._stop_context(ctx)
+        ctx.frames.clear()
+        ctx.queued_samples = 0
+        self._end(ctx, Outcome("cancelled"))
+
+    def _stop_context(self, ctx: Context) -> None:
+        if ctx.timer is not None:
+            ctx.timer.cancel()
+            ctx.timer = None
+        if ctx.producer is not None and not ctx.producer.done():
+            ctx.producer.cancel()  # closes the engine stream: the slot is free before the next step
+
+    def _end(self, ctx: Context, outcome: Outcome) -> None:
+        """Record how the context ends. Audio already queued still goes out, unless cancelled."""
+        if ctx.outcome is not None:
+            return
+        ctx.outcome = outcome
+        if outcome.kind != "done":
+            self._stop_context(ctx)
+        if not ctx.started and outcome.kind != "done":
+            # No audio of it went out yet: say it now, out of turn.
+            self._retire(ctx)
+            self._send(self._final_frame(ctx))
+        self.wake.set()
+
+    def _final_frame(self, ctx: Context) -> str:
+        o = ctx.outcome
+        assert o is not None
+        if o.kind == "done":
+            return protocol.done(ctx.id, audio_ms=ctx.audio_ms, ttfb_ms=ctx.ttfb_ms, chunks=ctx.chunks,
+                                 text_chars=ctx.text_chars, segments=ctx.segment_count)
+        if o.kind == "cancelled":
+            return protocol.cancelled(ctx.id, ctx.audio_ms)
+        assert o.frame is not None
+        return o.frame
+
+    def _retire(self, ctx: Context) -> None:
+        """Remove a finished context from the socket; account for it once."""
+        was_head = bool(self.order) and self.order[0] is ctx
+        try:
+            self.order.remove(ctx)
+        except ValueError:
+            return
+        if self.contexts.get(ctx.id) is ctx:
+            del self.contexts[ctx.id]
+        if was_head and self.order:
+            self.order[0].became_head.set()
+        assert ctx.outcome is not None
+        self._account(ctx, ctx.outcome.kind)
+        self.last_activity = time.monotonic()
+
+    def _account(self, ctx: Context, outcome: str) -> None:
+        m = self.shared.metrics
+        m.contexts_active.dec()
+        m.contexts.labels(outcome=outcome if outcome in ("done", "cancelled", "disconnected") else "error").inc()
+        if outcome not in ("done", "cancelled", "disconnected"):
+            m.errors.labels(code=outcome).inc()
+        self.log.info("context", context=ctx.id, outcome=outcome, ttfb_ms=ctx.ttfb_ms, audio_ms=ctx.audio_ms,
+                      chunks=ctx.chunks, segments=ctx.segment_count, text_chars=ctx.text_chars)
+
+    # -- output ----------------------------------------------------------
+
+    def _send(self, frame: str) -> None:
+        self.control.append(frame)
+        self.wake.set()
+
+    def _error(self, e: ProtocolError) -> None:
+        self.shared.metrics.errors.labels(code=e.code).inc()
+        self.log.info("refused", code=e.code, context=e.context)
+        self._send(e.frame())
+
+    def slow_consumer(self, why: str) -> None:
+        if self.close_code is not None:
+            return
+        self.shared.metrics.slow_consumers.inc()
+        self.log.warning("slow_consumer", reason=why)
+        for ctx in list(self.contexts.values()):
+            self._stop_context(ctx)
+        self.control.append(protocol.error("slow_consumer", why))
+        self.close(1008, "slow consumer")
+
+    def engine_died(self, reason: str) -> None:
+        """Every open context fails with engine_error; the socket closes 1011."""
+        for ctx in list(self.contexts.values()):
+            self._stop_context(ctx)
+            ctx.frames.clear()
+            ctx.outcome = Outcome("engine_error", protocol.error("engine_error", f"engine died: {reason}", ctx.id))
+            self._retire(ctx)
+            self._send(ctx.outcome.frame or "")
+        self.close(1011, "engine died")
+
+    def going_away(self, deadline_ms: int) -> None:
+        self._send(protocol.going_away("server draining", deadline_ms))
+        if not self.contexts:
+            self.close(1001, "server draining")
+
+    async def _write_loop(self) -> None:
+        send = self.t.send
+        control, order = self.control, self.order
+        while True:
+            if control:
+                await self._timed(send(control.popleft()))
+                continue
+            if self.close_code is not None:
+                code, reason = self.close_code
+                await self.t.close(code, reason)
+                return
+            if order:
+                head = order[0]
+                if head.frames:
+                    if not head.started:
+                        head.started = True
+                        await self._timed(send(protocol.start(head.id, head.options.format, head.out_rate)))
+                    data = head.frames.popleft()
+                    n = len(data) // head.encoder.bytes_per_sample
+                    head.queued_samples -= n
+                    await self._timed(send(data))
+                    head.sent_samples += n
+                    head.chunks += 1
+                    if head.first_frame_at is None:
+                        head.first_frame_at = time.perf_counter()
+                        self._m_ttfb.observe(head.first_frame_at - head.opened_at)
+                    self._m_chunks.inc()
+                    self._m_audio.inc(n / head.out_rate)
+                    continue
+                if head.outcome is not None:
+                    self._retire(head)
+                    await self._timed(send(self._final_frame(head)))
+                    if self.shared.draining and not self.contexts:
+                        self.close(1001, "server draining")
+                    continue
+            self.wake.clear()
+            await self.wake.wait()
+
+    async def _timed(self, aw: object) -> None:
+        self.send_started = time.monotonic()
+        await aw  # type: ignore[misc]
+        self.send_started = None
+
+    def tick(self, now: float) -> None:
+        """Called about once a second: idle and stalled-writer checks."""
+        if self.close_code is not None:
+            return
+        if self.send_started is not None and now - self.send_started > self.s.stall_timeout_s:
+            self.slow_consumer(f"writes blocked for over {self.s.stall_timeout_s:g} s")
+            # The writer is stuck in send: close from here.
+            if self.writer is not None:
+                self.writer.cancel()
+            asyncio.ensure_future(self.t.close(1008, "slow consumer"))
+        elif not self.contexts and now - self.last_activity > self.s.idle_timeout_s:
+            self._send(protocol.error("idle_timeout", f"no message for {self.s.idle_timeout_s:g} s"))
+            self.close(1000, "idle")

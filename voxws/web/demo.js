@@ -1,0 +1,386 @@
+// The voxws demo page: everything it does goes through voxws.js, as another page would.
+import { VoxPlayer, VoxWS } from './voxws.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const FORMAT_NAMES = { pcm_s16le: '16-bit PCM', pcm_f32le: '32-bit float', pcm_mulaw: 'μ-law 8-bit' };
+const LLM_PIECE_MS = Number(params.get('llm_ms')) || 45; // pace of the "LLM" typing, per piece
+
+// State the page shows, also read by the browser tests.
+const demo = {
+  connected: false,
+  speaking: false,
+  ready: null,
+  summary: null,
+  playback: null,
+  error: null,
+  llm: null, // { totalChars, charsAtFirstAudio }
+};
+window.voxDemo = demo;
+
+const player = new VoxPlayer();
+let client = null;
+let connecting = null;
+let current = null; // the utterance being spoken
+let typing = null; // the LLM typing loop's stop flag
+
+// --- token: ?token= (dropped from the address bar), else this tab's session storage ------------
+let token = params.get('token') ?? sessionStorage.getItem('voxws.token') ?? '';
+if (params.has('token')) {
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+}
+$('token').value = token;
+$('origin').textContent = location.origin;
+
+// --- messages -------------------------------------------------------------------------------------
+function banner(kind, text, code = '', action = null) {
+  const b = $('banner');
+  if (!kind) {
+    b.hidden = true;
+    return;
+  }
+  b.hidden = false;
+  b.dataset.kind = kind;
+  b.dataset.code = code;
+  $('banner-text').textContent = text;
+  const a = $('banner-action');
+  a.hidden = !action;
+  if (action) {
+    a.textContent = action.label;
+    a.onclick = action.run;
+  }
+}
+
+function status(state, text) {
+  $('status').dataset.state = state;
+  $('status-text').textContent = text;
+}
+
+function log(text) {
+  const li = document.createElement('li');
+  const t = new Date().toISOString().slice(11, 23);
+  li.innerHTML = `${t} <span></span>`;
+  li.querySelector('span').textContent = text;
+  const list = $('log');
+  list.prepend(li);
+  while (list.children.length > 60) list.lastChild.remove();
+}
+
+const reconnect = { label: 'Reconnect', run: () => connect().catch(() => {}) };
+
+function explain(err) {
+  // One clear sentence per failure a user can meet; the code stays on the banner for tests and support.
+  const host = location.host;
+  switch (err.code) {
+    case 'unauthorized':
+      $('connection').open = true;
+      return ['error', $('token').value
+        ? 'Authentication failed: the server refused this token. Check it under Connection and press Connect.'
+        : 'Authentication required: this server needs a token. Enter it under Connection.'];
+    case 'forbidden':
+      return ['error', `The server does not accept connections from ${location.origin} (VOXWS_ALLOWED_ORIGINS).`];
+    case 'unavailable':
+      return ['warn', 'The server is not taking connections right now (starting, draining or full). Try again shortly.'];
+    case 'unreachable':
+      return ['error', `Cannot reach the server at ${host}. Is voxws running?`];
+    case 'connection_lost':
+    case 'closed':
+      return ['warn', 'Lost the connection to the server. Press Speak to reconnect.'];
+    case 'busy': {
+      const s = err.retryAfterMs ? ` Try again in ${Math.max(1, Math.round(err.retryAfterMs / 1000))} s.` : '';
+      return ['warn', `The server is busy: every slot is taken and its queue is full.${s}`];
+    }
+    case 'empty_text':
+      return ['warn', 'Nothing to speak: type some words first.'];
+    case 'text_too_long':
+      return ['warn', `The text is too long for this server (${demo.ready?.limits?.max_text_chars ?? '?'} characters at most).`];
+    case 'too_many_contexts':
+      return ['warn', 'Too many utterances at once on this connection. Wait for one to finish.'];
+    case 'shutting_down':
+      return ['warn', 'The server is restarting and takes no new speech. Reconnect in a moment.'];
+    case 'rate_limited':
+      return ['warn', 'Too many messages per second: slow down.'];
+    case 'engine_error':
+      return ['error', `The speech engine failed: ${err.message}`];
+    default:
+      return ['error', `${err.code}: ${err.message}`];
+  }
+}
+
+function showError(err) {
+  demo.error = { code: err.code, message: err.message };
+  const [kind, text] = explain(err);
+  const lost = ['connection_lost', 'closed', 'slow_consumer', 'idle_timeout', 'shutting_down'].includes(err.code);
+  banner(kind, text, err.code, lost ? reconnect : null);
+  log(`error ${err.code}: ${err.message}`);
+}
+
+// --- connection -----------------------------------------------------------------------------------
+function fillChoices(ready) {
+  const fmt = $('format');
+  const rate = $('rate');
+  const keepFmt = fmt.value;
+  const keepRate = rate.value;
+  fmt.replaceChildren(...ready.formats.map((f) => new Option(FORMAT_NAMES[f] ?? f, f)));
+  fmt.value = ready.formats.includes(keepFmt) ? keepFmt : ready.formats[0];
+  const khz = (r) => `${(r / 1000).toLocaleString('en', { maximumFractionDigits: 2 })} kHz`;
+  rate.replaceChildren(
+    new Option(`native (${khz(ready.sample_rate)})`, ''),
+    ...ready.sample_rates.filter((r) => r !== ready.sample_rate).map((r) => new Option(khz(r), String(r))),
+  );
+  rate.value = [...rate.options].some((o) => o.value === keepRate) ? keepRate : '';
+  $('text').maxLength = ready.limits?.max_text_chars ?? 100000;
+  updateCount();
+}
+
+function connect() {
+  if (connecting) return connecting;
+  token = $('token').value.trim();
+  if (token) sessionStorage.setItem('voxws.token', token);
+  else sessionStorage.removeItem('voxws.token');
+  client?.close();
+  client = null;
+  demo.connected = false;
+  status('connecting', 'connecting…');
+  connecting = VoxWS.connect(new URL('./v1/tts', location.href), { token: token || null })
+    .then((c) => {
+      client = c;
+      demo.connected = true;
+      demo.ready = c.ready;
+      fillChoices(c.ready);
+      const r = c.ready;
+      status('connected', `${r.group} · ${r.engine}`);
+      $('server-info').textContent = `${r.server} · ${r.engine} · ${r.model} · ${r.sample_rate} Hz`;
+      log(`ready: ${r.server}, group ${r.group}, engine ${r.engine}`);
+      if ($('banner').dataset.kind !== 'info') banner(null);
+      c.addEventListener('close', (e) => {
+        if (client !== c) return;
+        demo.connected = false;
+        status('disconnected', 'disconnected');
+        log(`socket closed (${e.detail.code})`);
+        if (!demo.speaking) showError(e.detail.error);
+      });
+      c.addEventListener('going_away', (e) => {
+        banner('warn', 'The server is restarting: speech in progress finishes, new speech needs a reconnect.', 'going_away');
+        log(`going_away: ${e.detail.reason}`);
+      });
+      c.addEventListener('error', (e) => showError(e.detail));
+      return c;
+    })
+    .catch((err) => {
+      status(err.code === 'unauthorized' ? 'error' : 'disconnected', err.code === 'unauthorized' ? 'not authorised' : 'disconnected');
+      showError(err);
+      throw err;
+    })
+    .finally(() => {
+      connecting = null;
+    });
+  return connecting;
+}
+
+// --- speaking -------------------------------------------------------------------------------------
+const fmtMs = (ms) => (ms == null ? '–' : `${Math.round(ms)}<small> ms</small>`);
+
+function resetFigures() {
+  for (const id of ['f-ttfb', 'f-audible', 'f-audio', 'f-underruns', 'f-chunks']) $(id).textContent = '–';
+}
+
+function setSpeaking(on) {
+  demo.speaking = on;
+  $('speak').disabled = on;
+  $('stop').disabled = !on;
+  $('speak').textContent = on ? 'Speaking…' : 'Speak';
+}
+
+async function speak() {
+  if (demo.speaking) return;
+  const text = $('text').value;
+  if (!text.trim()) {
+    banner('warn', 'Nothing to speak: type some text first.', 'empty_text');
+    demo.error = { code: 'empty_text' };
+    $('text').focus();
+    return;
+  }
+  const rate = $('rate').value ? Number($('rate').value) : demo.ready?.sample_rate;
+  player.resume(rate).catch(() => {}); // inside the click, so the browser lets audio start
+  banner(null);
+  demo.error = null;
+  demo.summary = null;
+  demo.playback = null;
+  setSpeaking(true);
+  resetFigures();
+  try {
+    const c = client?.connected ? client : await connect();
+    const options = { format: $('format').value };
+    if ($('rate').value) options.sampleRate = Number($('rate').value);
+    const llm = $('llm').checked;
+    const u = llm ? c.open(options) : c.speak(text, options);
+    current = u;
+    watch(u);
+    const playing = player.play(u);
+    if (llm) typeLikeAnLlm(u, text);
+    log(`${llm ? 'open' : 'speak'} ${u.context}: ${text.length} characters, ${options.format}, ${u.sampleRate} Hz`);
+    try {
+      demo.summary = await u.done;
+      if (demo.summary.cancelled) banner('info', `Stopped after ${(demo.summary.audio_ms / 1000).toFixed(2)} s of audio.`, 'cancelled');
+    } catch (err) {
+      showError(err);
+    }
+    const stats = await playing;
+    demo.playback = stats;
+    showPlayback(stats);
+  } catch (err) {
+    if (!demo.error) showError(err);
+  } finally {
+    typing && (typing.stop = true);
+    current = null;
+    setSpeaking(false);
+  }
+}
+
+function watch(u) {
+  u.addEventListener('queued', (e) => {
+    banner('info', `Waiting for a free engine slot (position ${e.detail.position} in the queue)…`, 'queued');
+    log(`queued ${u.context} at ${e.detail.position}`);
+  });
+  u.addEventListener('start', (e) => {
+    if ($('banner').dataset.code === 'queued') banner(null);
+    log(`start ${u.context}: ${e.detail.format} ${e.detail.sample_rate} Hz`);
+  });
+  u.addEventListener('chunk', () => {
+    if (u.chunks === 1) {
+      $('f-ttfb').innerHTML = fmtMs(u.ttfbMs);
+      if (demo.llm) demo.llm.charsAtFirstAudio = u.charsWritten;
+    }
+    $('f-audio').innerHTML = `${(u.audioMs / 1000).toFixed(2)}<small> s</small>`;
+    $('f-chunks').textContent = String(u.chunks);
+  });
+  u.addEventListener('done', (e) => {
+    const d = e.detail;
+    log(`done ${u.context}: ${d.audio_ms} ms of audio, server TTFB ${d.ttfb_ms} ms, ${d.chunks} chunks`);
+    $('f-audio').innerHTML = `${(d.audio_ms / 1000).toFixed(2)}<small> s</small>`;
+  });
+  u.addEventListener('cancelled', (e) => log(`cancelled ${u.context} after ${e.detail.audio_ms} ms of audio`));
+}
+
+function showPlayback(s) {
+  if (s.firstAudibleMs != null) $('f-audible').innerHTML = fmtMs(s.firstAudibleMs);
+  $('f-underruns').innerHTML = `${s.underruns}<small> · ${Math.round(s.underrunMs)} ms</small>`;
+  log(`played ${(s.playedMs / 1000).toFixed(2)} s, ${s.underruns} underruns (${Math.round(s.underrunMs)} ms)${s.stopped ? ', stopped' : ''}`);
+}
+
+// Stream the text in word-sized pieces, as tokens come out of a language model.
+async function typeLikeAnLlm(ctx, text) {
+  const pieces = text.match(/\S+\s*|\s+/g) ?? [text];
+  const flag = { stop: false };
+  typing = flag;
+  demo.llm = { totalChars: text.length, charsAtFirstAudio: null };
+  const box = $('typed');
+  box.hidden = false;
+  box.classList.add('typing');
+  let sent = '';
+  $('typed-sent').textContent = '';
+  $('typed-rest').textContent = text;
+  try {
+    for (const piece of pieces) {
+      if (flag.stop || ctx.finished || ctx.state === 'cancelling') return;
+      ctx.write(piece);
+      sent += piece;
+      $('typed-sent').textContent = sent;
+      $('typed-rest').textContent = text.slice(sent.length);
+      await new Promise((r) => setTimeout(r, LLM_PIECE_MS));
+    }
+    if (!flag.stop && !ctx.finished && ctx.state !== 'cancelling') ctx.end();
+  } catch (err) {
+    if (!ctx.finished) ctx.cancel();
+    log(`typing stopped: ${err.message}`);
+  } finally {
+    box.classList.remove('typing');
+  }
+}
+
+function stop() {
+  if (typing) typing.stop = true;
+  if (current && !current.finished) current.cancel();
+  player.stop();
+}
+
+// --- waveform and level ---------------------------------------------------------------------------
+const canvas = $('wave');
+const g = canvas.getContext('2d');
+let samples = new Float32Array(2048);
+
+function draw() {
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(canvas.clientWidth * dpr));
+  const h = Math.max(1, Math.round(canvas.clientHeight * dpr));
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const a = player.analyser;
+  if (a) {
+    if (samples.length !== a.fftSize) samples = new Float32Array(a.fftSize);
+    a.getFloatTimeDomainData(samples);
+  } else {
+    samples.fill(0);
+  }
+  let sum = 0;
+  for (const v of samples) sum += v * v;
+  const rms = Math.sqrt(sum / samples.length);
+  const db = rms > 0 ? 20 * Math.log10(rms) : -100;
+  $('level').style.height = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
+
+  g.clearRect(0, 0, w, h);
+  g.lineWidth = 1.5 * dpr;
+  g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue('--wave').trim() || '#4f46e5';
+  g.beginPath();
+  const step = samples.length / w;
+  for (let x = 0; x < w; x++) {
+    const v = samples[Math.floor(x * step)];
+    const y = h / 2 - v * (h / 2 - 4 * dpr);
+    if (x === 0) g.moveTo(x, y);
+    else g.lineTo(x, y);
+  }
+  g.stroke();
+  requestAnimationFrame(draw);
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
+function updateCount() {
+  const max = demo.ready?.limits?.max_text_chars;
+  const n = $('text').value.length;
+  $('count').textContent = max ? `${n.toLocaleString('en')} / ${max.toLocaleString('en')}` : `${n}`;
+}
+
+player.addEventListener('start', (e) => {
+  $('f-audible').innerHTML = fmtMs(e.detail.firstAudibleMs);
+});
+player.addEventListener('progress', (e) => {
+  $('f-underruns').innerHTML = `${e.detail.underruns}<small> · ${Math.round(e.detail.underrunMs)} ms</small>`;
+});
+
+$('speak').addEventListener('click', speak);
+$('stop').addEventListener('click', stop);
+$('text').addEventListener('input', updateCount);
+$('llm').addEventListener('change', () => {
+  if (!$('llm').checked) $('typed').hidden = true;
+});
+$('conn-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  connect().catch(() => {});
+});
+document.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    e.preventDefault();
+    speak();
+  } else if (e.key === 'Escape') {
+    stop();
+  }
+});
+
+updateCount();
+requestAnimationFrame(draw);
+connect().catch(() => {}); // shown on the page by connect()
