@@ -169,8 +169,8 @@ def _records(n: int, ttfb_s: list[float] | None = None, level: int = 4) -> list[
     out = []
     for i in range(n):
         first = ttfb_s[i] if ttfb_s else 0.05
-        out.append(metrics.request_record(_recorded(i, sent=0.0, frame_gaps=[first] + [0.08] * 9, level=level),
-                                          t0=0.0, buffer_s=0.2))
+        res = _recorded(i, sent=0.0, frame_gaps=[first] + [0.08] * 9, level=level)
+        out.append(metrics.request_record(res, t0=0.0, buffer_s=0.2))
     return out
 
 
@@ -214,3 +214,16 @@ def test_aggregate_of_nothing_is_json_safe():
     agg = metrics.aggregate([])
     assert agg["requests"] == 0
     json.dumps(metrics.nan_to_none(agg), allow_nan=False)
+
+
+def test_wall_time_sums_phases_so_pauses_between_bursts_do_not_count():
+    recs = _records(2)
+    later = [metrics.request_record(_recorded(10 + i, sent=5.0, frame_gaps=[0.05] + [0.08] * 9), 0.0, 0.2)
+             for i in range(2)]
+    for r in recs:
+        r["phase"] = 0
+    for r in later:
+        r["phase"] = 1
+    one = 0.05 + 9 * 0.08 + 0.002
+    assert metrics.wall_s(recs + later) == pytest.approx(2 * one)
+    assert metrics.aggregate(recs + later)["throughput_x"] == pytest.approx(4 * 10 * CHUNK_S / (2 * one))

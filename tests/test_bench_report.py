@@ -12,7 +12,8 @@ from voxws.bench.scenarios import Bench, Limits
 
 READY = {"type": "ready", "protocol": "voxws.v1", "server": "voxws/0.1.0", "group": "group0",
          "engine": "synthetic", "model": "synthetic-voxcpm1.5", "sample_rate": 44100,
-         "limits": {"max_text_chars": 5000, "max_contexts": 8, "max_message_bytes": 65536, "idle_timeout_s": 300}}
+         "limits": {"max_text_chars": 5000, "max_contexts": 8, "max_message_bytes": 65536,
+                    "idle_timeout_s": 300}}
 
 
 def _stream(id_: int, level, sent: float, ttfb: float, frames: int = 10, error: str | None = None):

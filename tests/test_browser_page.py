@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT, serve_process
@@ -36,20 +35,25 @@ CHROMIUM_FLAGS = [
 ARTIFACTS = ROOT / "tests" / "artifacts"
 WAIT_MS = 60_000  # generous: CI may be a loaded 2-core machine
 # Long enough to still be generating when Stop is pressed, with slowed synthetic steps.
-LONG_TEXT = " ".join(f"This is sentence number {i} of a long text that keeps the engine busy." for i in range(40))
+LONG_TEXT = " ".join(f"This is sentence {i} of a long text that keeps the engine busy." for i in range(40))
 SLOW = {"VOXWS_SYNTHETIC_STEP_BASE_MS": "60"}
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def pw() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set VOXWS_CHROMIUM)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(pw: Playwright) -> Iterator[Browser]:
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 class Console:
@@ -143,30 +147,28 @@ def test_speak_at_another_rate_and_format(browser: Browser, server: int) -> None
     page.close()
 
 
-def test_stop_cancels_on_the_server() -> None:
-    with serve_process(env=SLOW) as (_, port), sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page, _ = open_page(b, port)
-            before = metric(port, "voxws_contexts_total", 'outcome="cancelled"')
-            page.fill("#text", LONG_TEXT)
-            page.click("#speak")
-            page.wait_for_function("document.getElementById('f-chunks').textContent !== '–'")
-            assert page.is_disabled("#speak")
-            page.click("#stop")
-            page.wait_for_function("window.voxDemo.playback")
-            state = demo(page)
-            assert state["summary"]["cancelled"] is True
-            assert state["playback"]["stopped"] is True
-            assert "Stopped" in page.inner_text("#banner")
-            assert page.is_enabled("#speak")
-            deadline = time.monotonic() + 30
-            while metric(port, "voxws_contexts_total", 'outcome="cancelled"') < before + 1:
-                assert time.monotonic() < deadline, "the server never counted the context as cancelled"
-                time.sleep(0.1)
-            assert metric(port, "voxws_contexts_total", 'outcome="done"') == 0
-        finally:
-            b.close()
+def test_stop_cancels_on_the_server(browser: Browser) -> None:
+    with serve_process(env=SLOW) as (_, port):
+        page, console = open_page(browser, port)
+        before = metric(port, "voxws_contexts_total", 'outcome="cancelled"')
+        page.fill("#text", LONG_TEXT)
+        page.click("#speak")
+        page.wait_for_function("document.getElementById('f-chunks').textContent !== '–'")
+        assert page.is_disabled("#speak")
+        page.click("#stop")
+        page.wait_for_function("window.voxDemo.playback")
+        state = demo(page)
+        assert state["summary"]["cancelled"] is True
+        assert state["playback"]["stopped"] is True
+        assert "Stopped" in page.inner_text("#banner")
+        assert page.is_enabled("#speak")
+        deadline = time.monotonic() + 30
+        while metric(port, "voxws_contexts_total", 'outcome="cancelled"') < before + 1:
+            assert time.monotonic() < deadline, "the server never counted the context as cancelled"
+            time.sleep(0.1)
+        assert metric(port, "voxws_contexts_total", 'outcome="done"') == 0
+        assert console.errors == []
+        page.close()
 
 
 def test_llm_mode_speaks_before_the_text_is_complete(browser: Browser, server: int) -> None:
@@ -244,7 +246,6 @@ def test_busy_server_shows_a_message(browser: Browser) -> None:
 
 
 def test_lost_connection_shows_a_message_and_reconnects(browser: Browser) -> None:
-    port = None
     with serve_process() as (proc, port):
         page, _ = open_page(browser, port)
         proc.send_signal(signal.SIGKILL)  # our own server process, by PID
@@ -264,7 +265,16 @@ def test_lost_connection_shows_a_message_and_reconnects(browser: Browser) -> Non
         page.close()
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+def test_idle_disconnect_is_calm_and_speak_reconnects(browser: Browser) -> None:
+    with serve_process(env={"VOXWS_IDLE_TIMEOUT_S": "1"}) as (_, port):
+        page, console = open_page(browser, port)
+        page.wait_for_function("!window.voxDemo.connected")
+        assert page.get_attribute("#banner", "data-code") == "idle_timeout"
+        assert page.get_attribute("#banner", "data-kind") == "info"
+        assert "Press Speak to reconnect" in page.inner_text("#banner")
+        page.fill("#text", "Awake again.")
+        state = speak_and_wait(page)
+        assert state["error"] is None, state["error"]
+        assert state["playback"]["samplesPlayed"] > 0
+        assert console.errors == []
+        page.close()

@@ -56,7 +56,7 @@ class Admission:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted and cancelled in the same tick: hand it on
-            else:
+            elif fut in line:  # release() may have dropped it already (it skips cancelled waiters)
                 line.remove(fut)
             raise
 

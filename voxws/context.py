@@ -2,9 +2,10 @@
 
 A context's text is cut into segments that each fit the engine's `max_model_len`.
 Every segment is one engine request holding one admission slot. The next segment is
-submitted as soon as the current one is streaming (its first chunk arrived), so its
-first chunk is ready when the current one ends and the audio has no gap; its chunks
-wait in `pending` until then. Chunks are encoded in order through one Encoder (one
+submitted while the current one streams, LOOKAHEAD steps before its expected end, so
+its first chunk is ready when the current one ends and the audio has no gap; its few
+early chunks wait in `pending` until then. At most two segments of a context are in
+the engine at once, and what waits is bounded by LOOKAHEAD chunks. Chunks are encoded in order through one Encoder (one
 resampler stream per context), so segment seams are seamless too.
 """
 
@@ -24,6 +25,8 @@ from voxws.audio import Encoder
 from voxws.engines.base import Engine, EngineError, GenerateRequest
 from voxws.protocol import Options, ProtocolError
 from voxws.text import TextBuffer
+
+LOOKAHEAD = 8  # steps: covers slot hand-over + prefill of the next segment with room to spare
 
 
 @dataclass
@@ -113,7 +116,7 @@ class Producer:
                 if text is None:
                     break
                 if prev is not None:
-                    await prev.streaming.wait()  # one segment ahead, no more
+                    await prev.handoff.wait()  # the current segment is near its end
                     if not ctx.became_head.is_set() and ctx.queued_seconds > self.ahead_limit_s:
                         await ctx.became_head.wait()  # a context behind others: don't pile up audio
                 run = _SegmentRun(self, text, ctx.segment_count, after=prev)
@@ -144,9 +147,11 @@ class _SegmentRun:
         self.text = text
         self.index = index
         self.after = after
-        self.current = after is None  # its chunks may go out now
+        self.current = after is None or after.complete.is_set()  # its chunks may go out now
         self.pending: list[np.ndarray] = []
-        self.streaming = asyncio.Event()  # first chunk arrived (or it ended)
+        self.expected = sizing.estimate_steps(text)
+        self.produced = 0
+        self.handoff = asyncio.Event()  # current and near its end (or ended): time to submit the next
         self.generated = False
         self.complete = asyncio.Event()  # generated and every chunk handed on
         self.error: BaseException | None = None
@@ -176,11 +181,13 @@ class _SegmentRun:
                 stream = engine.generate(request)
                 try:
                     async for chunk in stream:
+                        self.produced += 1
                         if self.current:
                             p.emit(chunk)
+                            if self.produced >= self.expected - LOOKAHEAD:
+                                self.handoff.set()
                         else:
                             self.pending.append(chunk)
-                        self.streaming.set()
                 finally:
                     await stream.aclose()  # cancels the sequence in the engine when we stop early
             finally:
@@ -190,8 +197,8 @@ class _SegmentRun:
             p.fail(e)
         finally:
             self.generated = True
-            self.streaming.set()
             if self.current:
+                self.handoff.set()
                 self._finish()
 
     def _promote(self) -> None:
@@ -199,6 +206,8 @@ class _SegmentRun:
         for chunk in self.pending:
             self.p.emit(chunk)
         self.pending.clear()
+        if self.generated or self.produced >= self.expected - LOOKAHEAD:
+            self.handoff.set()
         if self.generated:
             self._finish()
 

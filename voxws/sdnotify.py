@@ -36,23 +36,3 @@ def watchdog_interval() -> float | None:
         return None
     return usec / 2e6 if usec > 0 else None
 
-
-def ready(status: str = "") -> bool:
-    return notify("READY=1", *([f"STATUS={status}"] if status else []))
-
-
-def status(text: str) -> bool:
-    return notify(f"STATUS={text}")
-
-
-def watchdog() -> bool:
-    return notify("WATCHDOG=1")
-
-
-def extend_timeout(seconds: float) -> bool:
-    """Ask for `seconds` more from now before TimeoutStartSec/TimeoutStopSec fires (long loads, drains)."""
-    return notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
-
-
-def stopping(status: str = "") -> bool:
-    return notify("STOPPING=1", *([f"STATUS={status}"] if status else []))

@@ -173,7 +173,7 @@ class Session:
         if ctx is None:
             ctx = self._open(cid, msg, incremental=True)
             ctx.buffer = text.TextBuffer(threshold_chars=self.s.text_buffer_chars,
-                                         max_tokens=self._budget())
+                                         max_tokens=self.shared.engine.max_model_len, count_tokens=self._cost)
         ctx.text_chars += len(msg.text)
         assert ctx.buffer is not None
         for ready in ctx.buffer.append(msg.text):
@@ -214,12 +214,12 @@ class Session:
             raise ProtocolError("empty_text", "text is empty or only whitespace/punctuation", cid)
         return clean
 
-    def _budget(self) -> int:
-        return sizing.segment_budget(self.shared.engine.max_model_len)
+    def _cost(self, piece: str) -> int:
+        """Engine positions a segment needs (prompt + its audio with margin): the sizing rule."""
+        return sizing.positions(piece, self.shared.engine.count_tokens)
 
     def _segments(self, clean: str) -> list[str]:
-        engine = self.shared.engine
-        return text.split_segments(clean, self._budget(), count_tokens=lambda t: engine.count_tokens(t) - 1)
+        return text.split_segments(clean, self.shared.engine.max_model_len, count_tokens=self._cost)
 
     def _open(self, cid: str, msg: Message, incremental: bool) -> Context:
         if self.shared.draining:
@@ -297,9 +297,11 @@ class Session:
 
     def _produced(self, ctx: Context, task: asyncio.Task[None]) -> None:
         """The producer ended: all audio is queued, or it failed."""
-        if ctx.outcome is not None or task.cancelled():
+        if task.cancelled():
             return
-        err = task.exception()
+        err = task.exception()  # retrieve it even when unused: no "exception never retrieved" noise
+        if ctx.outcome is not None:
+            return
         if err is None:
             self._end(ctx, Outcome("done"))
         elif isinstance(err, Busy):

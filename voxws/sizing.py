@@ -21,6 +21,7 @@ Our estimates (all conservative, i.e. they over- rather than under-count):
 
 from __future__ import annotations
 
+import functools
 import math
 import unicodedata
 from collections.abc import Callable
@@ -64,6 +65,7 @@ _CJK_RANGES = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_cjk(ch: str) -> bool:
     """A CJK letter (Han, kana, Hangul): one token and 0.25 s of speech. Punctuation is not."""
     o = ord(ch)
@@ -77,46 +79,54 @@ def is_cjk(ch: str) -> bool:
     return False
 
 
-def _is_latin_letter(ch: str) -> bool:
-    return (ch.isalpha() and ord(ch) < 0x250) or (unicodedata.category(ch) == "Mn" and ord(ch) < 0x370)
+# Character kinds for the token and speech estimates (cached: texts are long, alphabets small).
+_SPACE, _LATIN, _OTHER_LETTER, _CJK, _ONE_TOKEN = 0, 1, 2, 3, 4
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _kind(ch: str) -> int:
+    """_SPACE, _LATIN / _OTHER_LETTER (word runs), _CJK, _ONE_TOKEN, or 5+: that many byte tokens."""
+    cat = unicodedata.category(ch)
+    if is_cjk(ch):
+        return _CJK
+    if ch.isalpha() or cat in ("Mn", "Mc", "Me"):
+        latin = ord(ch) < 0x250 if ch.isalpha() else ord(ch) < 0x370
+        return _LATIN if latin else _OTHER_LETTER
+    if ch.isspace():
+        return _SPACE
+    if ch.isalnum() or ch.isascii() or cat[0] == "P" or cat in ("Cf", "Cc"):
+        return _ONE_TOKEN  # digit, punctuation, ASCII symbol, format character
+    return 4 + min(4, len(ch.encode("utf-8", "surrogatepass")))  # rare symbol / emoji: byte fallback
 
 
 def estimate_tokens(text: str) -> int:
     """Text tokens of `text` (no audio-start token). See the module doc for the rule."""
-    tokens = 0
-    latin = other = 0  # letters in the current word run
-
-    def end_run() -> int:
-        return -(-latin // LATIN_LETTERS_PER_TOKEN) + -(-other // OTHER_LETTERS_PER_TOKEN)
-
+    tokens = latin = other = 0  # latin/other: letters in the current word run
     for ch in text:
-        if (ch.isalpha() and not is_cjk(ch)) or unicodedata.category(ch) in ("Mn", "Mc", "Me"):
-            if _is_latin_letter(ch):
-                latin += 1
-            else:
-                other += 1
+        k = _kind(ch)
+        if k == _LATIN:
+            latin += 1
             continue
-        tokens += end_run()
-        latin = other = 0
-        if ch.isspace():
+        if k == _OTHER_LETTER:
+            other += 1
             continue
-        if ch.isalnum() or ch.isascii() or unicodedata.category(ch)[0] == "P":
-            tokens += 1  # CJK character, digit, punctuation, ASCII symbol
-        elif unicodedata.category(ch) in ("Cf", "Cc"):
-            tokens += 1
-        else:
-            tokens += min(4, len(ch.encode("utf-8", "surrogatepass")))  # rare symbol / emoji: bytes
-    return tokens + end_run()
+        if latin or other:
+            tokens += -(-latin // LATIN_LETTERS_PER_TOKEN) + -(-other // OTHER_LETTERS_PER_TOKEN)
+            latin = other = 0
+        if k >= _CJK:
+            tokens += 1 if k <= _ONE_TOKEN else k - 4
+    return tokens + -(-latin // LATIN_LETTERS_PER_TOKEN) + -(-other // OTHER_LETTERS_PER_TOKEN)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _centiseconds(ch: str) -> int:
+    if is_cjk(ch):
+        return CJK_CENTISECONDS
+    return OTHER_CENTISECONDS if ch.isalnum() else 0
 
 
 def _speech_centiseconds(text: str) -> int:
-    cjk = other = 0
-    for ch in text:
-        if is_cjk(ch):
-            cjk += 1
-        elif ch.isalnum():
-            other += 1
-    return CJK_CENTISECONDS * cjk + OTHER_CENTISECONDS * other
+    return sum(map(_centiseconds, text))
 
 
 def estimate_seconds(text: str) -> float:

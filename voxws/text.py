@@ -117,8 +117,10 @@ def _period_ends(text: str, i: int, k: int, final: bool) -> bool | None:
     if len(word) == 2 and word[0].isupper() and nxt is not None and nxt.isupper():
         return False  # an initial: "J. K. Rowling"
     if word[:-1].isdigit() and nxt is not None and nxt != "\n":
-        before = text[:i + 1 - len(word)].rstrip(" ")
-        if not before or before[-1] == "\n" or before[-1] in _END_MARKS or before[-1] in _CLOSERS:
+        b = i - len(word)
+        while b >= 0 and text[b] == " ":
+            b -= 1
+        if b < 0 or text[b] == "\n" or text[b] in _END_MARKS or text[b] in _CLOSERS:
             return False  # a list marker: "1. Preheat the oven. 2. Mix the flour."
     return nxt is None or nxt == "\n" or not nxt.islower()  # "cf. the" style: lowercase goes on
 
@@ -237,17 +239,26 @@ class _Splitter:
         return self.count(s) if s else 0
 
     def _farthest(self, p: int, cands: Sequence[int], limit: int) -> int | None:
-        """Farthest candidate in cands (sorted, all > p) with cost(p, c) <= limit; binary search,
-        then a step back where the counter is not monotone."""
-        lo, hi = 0, len(cands) - 1
-        best = None
-        while lo <= hi:
+        """Farthest candidate in cands (sorted, all > p) with cost(p, c) <= limit.
+
+        Galloping then binary search: probed spans stay within twice the answer, so a long text
+        costs O(n log n), not O(n^2). Assumes cost grows with the span (true of the estimate; a real
+        tokenizer is close enough, and every answer is checked against the limit anyway)."""
+        n = len(cands)
+        if n == 0 or self.cost(p, cands[0]) > limit:
+            return None
+        lo, step = 0, 1  # cands[lo] fits
+        while lo + step < n and self.cost(p, cands[lo + step]) <= limit:
+            lo += step
+            step *= 2
+        hi = min(n, lo + step)  # cands[hi] does not fit (or is past the end)
+        while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.cost(p, cands[mid]) <= limit:
-                best, lo = mid, mid + 1
+                lo = mid
             else:
-                hi = mid - 1
-        return None if best is None else cands[best]
+                hi = mid
+        return cands[lo]
 
     def next_cut(self, p: int, limit: int, one_sentence: bool = False) -> int:
         text = self.text
@@ -286,8 +297,10 @@ class _Splitter:
                 p += 1
             if p >= n:
                 break
-            if not out and first_max_tokens is not None:
+            if first_max_tokens is not None:
                 q = self.next_cut(p, min(first_max_tokens, max_tokens), one_sentence=True)
+                if is_speakable(text[p:q]):
+                    first_max_tokens = None  # only the first speakable segment is short
             else:
                 q = self.next_cut(p, max_tokens)
             out.append((p, q))
@@ -319,6 +332,18 @@ def split_segments(text: str, max_tokens: int, count_tokens: CountTokens = sizin
     return [s for s in segs if is_speakable(s)]
 
 
+def _join_clean(buf: str, text: str) -> str:
+    """_collapse(_clean(buf + text)).lstrip() for a buf that is already clean, in time ~len(text):
+    only the junction (trailing whitespace, a base character and its combining marks) is redone."""
+    j = len(buf)
+    while j > 0 and buf[j - 1].isspace():
+        j -= 1
+    while j > 0 and unicodedata.combining(buf[j - 1]):
+        j -= 1
+    j = max(0, j - 1)
+    return (buf[:j] + _collapse(_clean(buf[j:] + text))).lstrip()
+
+
 class TextBuffer:
     """Incremental text (protocol `text` messages, often 1-3 characters each).
 
@@ -345,7 +370,7 @@ class TextBuffer:
         return self._buf
 
     def append(self, text: str) -> list[str]:
-        buf = _collapse(_clean(self._buf + text)).lstrip()
+        buf = _join_clean(self._buf, text)
         cut = 0
         cuts, _ = sentence_cuts(buf, final=False)
         if cuts:

@@ -3,7 +3,7 @@
 Measures what voxws-bench measures through the server, per request: TTFB (generate called to
 first chunk), every chunk's arrival, the audio produced; per burst: throughput (audio s /
 wall s from the first request to the last completion), the largest gap after a stream's
-first chunk, and the card's peak memory (nvidia-smi). At each concurrency it runs `--rounds`
+first chunk, and the card's memory after it (nvidia-smi). At each concurrency it runs `--rounds`
 bursts of that many simultaneous requests; compare.py treats the first as the warm-up.
 
     python bench/gpu/sweep_raw.py --model DIR --out raw.json [--concurrency 1,8,32,64,128,256]
@@ -71,19 +71,19 @@ async def sweep(args: argparse.Namespace) -> dict:
     try:
         for c in levels:
             for rnd in range(args.rounds):
-                with gpumem.Sampler() as mem:
-                    tb = time.perf_counter()
-                    recs = await asyncio.gather(*(one(pool, rid + i, c, rnd, text, args.steps, t0, rate)
-                                                  for i in range(c)))
-                    wall = time.perf_counter() - tb
+                tb = time.perf_counter()
+                recs = await asyncio.gather(*(one(pool, rid + i, c, rnd, text, args.steps, t0, rate)
+                                              for i in range(c)))
+                wall = time.perf_counter() - tb
+                peak_mb = max(gpumem.used_mb().values())  # after the burst: see gpumem.py
                 rid += c
                 records += recs
                 ok = sum(r["ok"] for r in recs)
                 ttfb = sorted(r["ttfb_ms"] for r in recs if r["ttfb_ms"] is not None)
-                bursts.append({"level": c, "round": rnd, "ok": ok, "wall_s": wall, "peak_mb": mem.peak_mb})
+                bursts.append({"level": c, "round": rnd, "ok": ok, "wall_s": wall, "peak_mb": peak_mb})
                 print(f"C={c:4d} round {rnd}: ok {ok}/{c}, wall {wall:.2f} s, "
                       f"TTFB p50 {ttfb[len(ttfb) // 2] if ttfb else float('nan'):.1f} ms, "
-                      f"audio {sum(r['audio_s'] for r in recs) / wall:.1f} s/s, peak {mem.peak_mb} MiB",
+                      f"audio {sum(r['audio_s'] for r in recs) / wall:.1f} s/s, card {peak_mb} MiB",
                       flush=True)
     finally:
         t_stop = time.perf_counter()

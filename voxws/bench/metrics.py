@@ -146,6 +146,19 @@ def nan_to_none(x: Any) -> Any:
     return x
 
 
+def wall_s(records: Sequence[Mapping[str, Any]]) -> float:
+    """First request sent to last completion, summed over phases (`phase` field), so that the
+    pauses between the bursts of one level (reconnecting) do not count as serving time."""
+    phases: dict[Any, tuple[float, float]] = {}
+    for r in records:
+        if r.get("sent_s") is None or not r["ok"] or r.get("end_s") is None:
+            continue
+        k = r.get("phase", 0)
+        lo, hi = phases.get(k, (math.inf, -math.inf))
+        phases[k] = (min(lo, r["sent_s"]), max(hi, r["end_s"]))
+    return sum(hi - lo for lo, hi in phases.values()) if phases else math.nan
+
+
 def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Aggregates over request records (see request_record below for the fields).
 
@@ -159,9 +172,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for r in failed:
         errors[r["error"]] = errors.get(r["error"], 0) + 1
     finished = len(ok) + len(failed)
-    sent = [r["sent_s"] for r in records if r.get("sent_s") is not None]
-    ends = [r["end_s"] for r in ok if r.get("end_s") is not None]
-    wall = (max(ends) - min(sent)) if sent and ends else math.nan
+    wall = wall_s(records)
     audio = sum(r["audio_s"] for r in ok)
     frames = sum(r["frames"] for r in ok)
     nbytes = sum(r["bytes"] for r in ok)

@@ -271,12 +271,21 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
+def to_json(doc: dict[str, Any]) -> str:
+    """Indented, except one request per line: readable, diffable, and a third of the size."""
+    head = {k: v for k, v in doc.items() if k != "requests"}
+    body = ",\n".join(json.dumps(r, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                      for r in doc.get("requests", []))
+    text = json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False)
+    return text[:-2] + ',\n "requests": [\n' + body + "\n ]\n}\n"
+
+
 def write(doc: dict[str, Any], out_dir: Path, plots: bool = True) -> dict[str, Path]:
     """Write <scenario>.json, <scenario>.md and the plots into out_dir; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     scen = doc["scenario"]
     paths = {"json": out_dir / f"{scen}.json", "markdown": out_dir / f"{scen}.md"}
-    paths["json"].write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["json"].write_text(to_json(doc), encoding="utf-8")
     names = plot(doc, out_dir) if plots else []
     for n in names:
         paths[n] = out_dir / n

@@ -84,6 +84,7 @@ class Bench:
     client_wall_s: float = 0.0
     client_errors: list[str] = field(default_factory=list)
     _next_id: int = 0
+    _phases: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -130,6 +131,9 @@ class Bench:
         self.client_errors += res.errors
         recs = [metrics.request_record(r, self.t0, self.buffer_s, self.keep_frames)
                 for r in sorted(res.results, key=lambda r: r.id)]
+        for r in recs:
+            r["phase"] = self._phases
+        self._phases += 1
         self.records += recs
         return recs
 

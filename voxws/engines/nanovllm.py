@@ -39,7 +39,32 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # one of them, plus tok
 MIN_BATCHED_TOKENS = 16384  # the engine's default; must also be >= max_model_len
 
 PoolFactory = Callable[..., Any]  # (**from_pretrained kwargs) -> pool; called inside the running loop
-Tokenize = Callable[[str], list[int]]
+# Start-up cross-check of TokenCounter against the engine's own tokenizer wrapper.
+CHECK_TEXTS = ("今天天气很好，我们去散步。", "语音合成技术正在改变人们获取信息的方式。",
+               "Hello, world: 2024 年 3 月!")
+
+
+def _is_han(token: str) -> bool:
+    return len(token) >= 2 and all("\u4e00" <= c <= "\u9fff" for c in token)
+
+
+class TokenCounter:
+    """Prompt positions by the engine's rule (nano-vllm-voxcpm 2.0.5, VoxCPMEngine.add_request):
+    the model's tokenizer, multi-character Chinese tokens split into one token per character,
+    no BOS, plus the audio-start token. `base` needs `.tokenize(text)` and `.vocab` (a
+    transformers tokenizer)."""
+
+    def __init__(self, base: Any):
+        self.base = base
+        self.multichar = frozenset(t for t in base.vocab if _is_han(t))
+        self.count = functools.lru_cache(maxsize=4096)(self._count)
+
+    def _count(self, text: str) -> int:
+        n = 0
+        for token in self.base.tokenize(text):
+            clean = token.replace("▁", "")
+            n += len(clean) if clean in self.multichar else 1
+        return n + 1  # + the audio-start token
 
 
 def check_model_dir(path: str | None) -> dict[str, Any]:
@@ -102,7 +127,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else str(text)
 
 
-def _import_runtime(devices: tuple[int, ...]) -> tuple[PoolFactory, Callable[[str], Tokenize]]:
+def _import_runtime(devices: tuple[int, ...]) -> tuple[PoolFactory, Callable[[str], TokenCounter]]:
     """Import the GPU stack, checking each piece; one clear line for what is missing."""
     try:
         import torch
@@ -132,19 +157,28 @@ def _import_runtime(devices: tuple[int, ...]) -> tuple[PoolFactory, Callable[[st
         raise EngineStartError(f"nano-vllm-voxcpm is not importable ({e}): "
                                "pip install 'voxws[gpu]'") from None
 
-    def load_tokenizer(path: str) -> Tokenize:
-        # The engine's own rule: LlamaTokenizerFast, multi-character CJK tokens split into characters.
-        return mask_multichar_chinese_tokens(LlamaTokenizerFast.from_pretrained(path))
+    def load_counter(path: str) -> TokenCounter:
+        base = LlamaTokenizerFast.from_pretrained(path)
+        counter = TokenCounter(base)
+        # Our rule must count exactly what the engine's own wrapper does (+1: audio-start token).
+        engine_rule = mask_multichar_chinese_tokens(base)
+        for text in CHECK_TEXTS:
+            ours, theirs = counter.count(text), len(engine_rule(text)) + 1
+            if ours != theirs:
+                raise EngineStartError(f"token counting disagrees with nano-vllm-voxcpm's tokenizer on "
+                                       f"{text!r}: {ours} vs {theirs} positions (engine version mismatch?)")
+        return counter
 
-    return VoxCPM.from_pretrained, load_tokenizer
+    return VoxCPM.from_pretrained, load_counter
 
 
 class NanoVllmEngine:
     name = "nanovllm"
 
     def __init__(self, settings: Settings, *, pool_factory: PoolFactory | None = None,
-                 tokenizer: Tokenize | None = None, watch_interval_s: float = 0.1):
-        """pool_factory / tokenizer: injected by tests (a fake pool); None imports the real engine."""
+                 tokenizer: Any = None, watch_interval_s: float = 0.1):
+        """pool_factory / tokenizer (a transformers-like tokenizer: .tokenize, .vocab): injected by
+        tests with a fake pool; None loads the real engine and the model's own tokenizer."""
         self.settings = settings
         self.model = os.path.basename(os.path.normpath(settings.model_path or "")) or "voxcpm"
         self.sample_rate = 44100
@@ -153,7 +187,7 @@ class NanoVllmEngine:
         self.max_num_seqs = settings.max_num_seqs
         self.num_workers = len(settings.devices)
         self._pool_factory = pool_factory
-        self._tokenize = tokenizer
+        self._counter: TokenCounter | None = TokenCounter(tokenizer) if tokenizer is not None else None
         self._watch_interval_s = watch_interval_s
         self._bench_steps: int | None = None
         self._pool: Any = None
@@ -176,16 +210,17 @@ class NanoVllmEngine:
         self.chunk_samples = chunk_samples_of(cfg)
         factory = self._pool_factory
         if factory is None:
-            factory, load_tokenizer = _import_runtime(s.devices)
-            if self._tokenize is None:
+            factory, load_counter = _import_runtime(s.devices)
+            if self._counter is None:
                 try:
-                    self._tokenize = load_tokenizer(s.model_path or "")
+                    self._counter = load_counter(s.model_path or "")
+                except EngineStartError:
+                    raise
                 except Exception as e:
                     raise EngineStartError(f"VOXCPM_MODEL_PATH={s.model_path}: tokenizer does not load "
                                            f"({_last_line(str(e))})") from None
-        if self._tokenize is None:
+        if self._counter is None:
             raise EngineStartError("nanovllm engine: no tokenizer")
-        self._tokenize = functools.lru_cache(maxsize=4096)(self._tokenize)
         try:
             pool = factory(
                 model=s.model_path, devices=list(s.devices), max_num_seqs=s.max_num_seqs,
@@ -273,9 +308,9 @@ class NanoVllmEngine:
     # -- requests ----------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
-        if self._tokenize is None:
+        if self._counter is None:
             raise EngineError("engine not started: no tokenizer yet")
-        return len(self._tokenize(text)) + 1  # + the audio-start token; the engine adds no BOS
+        return self._counter.count(text)
 
     def voices(self) -> frozenset[str]:
         return frozenset()

@@ -64,6 +64,11 @@ def natural_steps(text: str) -> int:
     return max(1, math.ceil(natural_seconds(text) * 6.25 - 1e-9))
 
 
+def engine_step(samples_s16: np.ndarray) -> int:
+    """The worker's step counter (mod 2**14) at which this chunk was produced."""
+    return int(samples_s16[5])
+
+
 def read_mark(samples_s16: np.ndarray) -> tuple[int, int, int] | None:
     """(tag_hash, segment, step) from the first samples of a pcm_s16le chunk, or None."""
     if len(samples_s16) < 5 or int(samples_s16[0]) != MARK_MAGIC:
@@ -94,6 +99,7 @@ class _Worker:
         self.running: list[_Seq] = []
         self.wake = asyncio.Event()
         self.steps = 0
+        self._emit_cost = 0.0  # producing the outputs counts as part of the next step's time
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -128,20 +134,22 @@ class _Worker:
         while True:
             batch = self._schedule()
             if not batch:
+                self._emit_cost = 0.0
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            t0 = time.perf_counter()
-            for seq in batch:
-                if not seq.cancelled:
-                    self._emit(seq)
+            # The step's compute, then its outputs; a sequence cancelled meanwhile gets nothing.
+            await asyncio.sleep(max(0.0, base + per_seq * len(batch) - self._emit_cost))
             self.steps += 1
             crash = s.synthetic_crash_after_steps
             if crash is not None and self.steps >= crash:
                 self.engine._die(f"synthetic worker {self.index} crashed after {self.steps} steps (fault injection)")
                 return
-            # The step's compute time, minus what producing the chunks already took.
-            await asyncio.sleep(max(0.0, base + per_seq * len(batch) - (time.perf_counter() - t0)))
+            t0 = time.perf_counter()
+            for seq in batch:
+                if not seq.cancelled:
+                    self._emit(seq)
+            self._emit_cost = time.perf_counter() - t0
 
     def _emit(self, seq: _Seq) -> None:
         step = seq.done_steps
@@ -151,7 +159,8 @@ class _Worker:
         if step == seq.steps - 1:
             chunk[-512:] *= np.linspace(1, 0, 512, dtype=np.float32)
         h = tag_hash(seq.tag)
-        chunk[:5] = np.array([MARK_MAGIC, h, seq.segment, step & 0x3FFF, step >> 14], np.float32) * _MARK_SCALE
+        marks = [MARK_MAGIC, h, seq.segment, step & 0x3FFF, step >> 14, self.steps & 0x3FFF]
+        chunk[:6] = np.array(marks, np.float32) * _MARK_SCALE
         seq.done_steps += 1
         seq.out.put_nowait(chunk)
         if seq.done_steps >= seq.steps:

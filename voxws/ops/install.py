@@ -7,6 +7,7 @@ where systemd is not running (containers, image builds), everything that works o
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import grp
 import json
@@ -159,11 +160,12 @@ def install(files: dict[str, str], root: Path = Path("/"), force: bool = False, 
     if rep.errors:
         raise InstallError("\n".join(e.replace(tmp, str(layout.env_dir)) for e in rep.errors))
     exe = layout.at(exec_path)
-    if not (exe.is_file() and os.access(exe, os.X_OK)):
-        msg = f"ExecStart={exec_path}: must be an executable voxws (pip install voxws into that venv, or --exec)"
+    exe_missing = not (exe.is_file() and os.access(exe, os.X_OK))
+    if exe_missing:
+        msg = f"ExecStart={exec_path}: must be an executable voxws (pip install voxws into a venv; --exec)"
         if layout.live:
             raise InstallError(msg)
-        say(f"warning: {msg}; not found under {layout.root}")
+        say(f"warning: {msg}; not found under {layout.root} (yet)")
 
     # 2. An env file an admin edited is not overwritten without --force; show what would change.
     conflicts = []
@@ -190,11 +192,13 @@ def install(files: dict[str, str], root: Path = Path("/"), force: bool = False, 
         _put(layout.env_dir / name, text, 0o640, -1 if gid is None else gid, say)
     stale = sorted(p.name for p in layout.env_dir.glob("*.env") if p.name not in envs)
     if stale:
-        say(f"note: left in place (not in this rendering): {', '.join(stale)}; `voxws-ops uninstall` removes all")
+        say(f"note: left in place (not in this rendering): {', '.join(stale)}; "
+            "`voxws-ops uninstall` removes every group")
 
     # 4. Verify, reload, enable.
     instances = [f"voxcpm@{g}.service" for g in groups]
-    problems = verify_units(layout, instances, say)
+    problems = [line for line in verify_units(layout, instances, say)
+                if not (exe_missing and f"Command {exec_path} is not executable" in line)]  # said above
     for line in problems:
         say(f"verify: {line}")
     if problems and layout.live:
@@ -254,7 +258,8 @@ def uninstall(root: Path = Path("/"), purge: bool = False, user: str | None = No
     if layout.live and systemd_running():
         run(["systemctl", "daemon-reload"], say)
     # Directories we (or systemctl enable) created and that are empty now.
-    for d in (layout.env_dir, layout.unit_dir / f"{TARGET}.wants", layout.unit_dir / "multi-user.target.wants"):
+    for d in (layout.env_dir, layout.unit_dir / f"{TARGET}.wants",
+              layout.unit_dir / "multi-user.target.wants"):
         _rmdir_empty(d)
     if not layout.live:  # a staging root: leave no empty scaffolding either
         for d in (layout.unit_dir, layout.unit_dir.parent, conf.parent, layout.root / "etc"):
@@ -268,10 +273,8 @@ def uninstall(root: Path = Path("/"), purge: bool = False, user: str | None = No
 
 
 def _rmdir_empty(d: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not empty, or not there
         d.rmdir()
-    except OSError:
-        pass
 
 
 def readyz(host: str, port: int, timeout: float = 2.0) -> str:
@@ -299,8 +302,8 @@ def status(root: Path = Path("/")) -> list[dict[str, str]]:
         row = {"group": g, "unit": f"voxcpm@{g}.service", "port": env.get("VOXWS_PORT", "8081"),
                "gpus": env.get("CUDA_VISIBLE_DEVICES", "")}
         if layout.live and systemd_running():
-            p = run(["systemctl", "show", row["unit"], "--property=ActiveState,SubState,StatusText,NRestarts"],
-                    check=False)
+            p = run(["systemctl", "show", row["unit"],
+                     "--property=ActiveState,SubState,StatusText,NRestarts"], check=False)
             props = dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
             row["state"] = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
             row["status"] = props.get("StatusText", "")

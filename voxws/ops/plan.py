@@ -125,7 +125,7 @@ def env_entries(group: Group, opts: Options) -> list[tuple[str, str, str]]:
     n = len(group.gpus)
     e: list[tuple[str, str, str]] = [
         ("CUDA_VISIBLE_DEVICES", ",".join(map(str, group.gpus)),
-         "Physical GPUs of this group, numbered as nvidia-smi does (the unit sets CUDA_DEVICE_ORDER=PCI_BUS_ID)"),
+         "This group's physical GPUs as nvidia-smi counts them (the unit sets CUDA_DEVICE_ORDER=PCI_BUS_ID)"),
         ("VOXCPM_DEVICES", ",".join(map(str, range(n))),
          "One engine worker per GPU, numbered 0..n-1 inside CUDA_VISIBLE_DEVICES"),
     ]
@@ -151,7 +151,7 @@ def env_entries(group: Group, opts: Options) -> list[tuple[str, str, str]]:
 def env_header(group: Group) -> list[str]:
     return [
         f"voxws GPU group {group.name}: the environment of voxcpm@{group.name}.service",
-        f"(EnvironmentFile=/etc/voxcpm/%i.env). Written by voxws-ops; after an edit run",
+        "(EnvironmentFile=/etc/voxcpm/%i.env). Written by voxws-ops; after an edit run",
         f"`voxws-ops validate /etc/voxcpm`, then `systemctl restart voxcpm@{group.name}`.",
         "Every setting: docs/deploy.md. Values here override the unit's Environment= lines.",
     ]

@@ -63,7 +63,8 @@ def model_dir_problem(source: str, path: str) -> str | None:
         ("config.json", (d / "config.json").is_file()),
         ("*.safetensors", any(d.glob("*.safetensors"))),
         ("audiovae.pth", (d / "audiovae.pth").is_file()),
-        ("tokenizer.json or tokenizer.model", (d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()),
+        ("tokenizer.json or tokenizer.model",
+         (d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()),
         ("tokenizer_config.json", (d / "tokenizer_config.json").is_file()),
     ) if not ok]
     if missing:
@@ -78,19 +79,19 @@ def memory_warnings(source: str, util: float, seqs: int, max_len: int, card_gb: 
     inside = sizing.memory_estimate_gb(seqs, max_len, per_seq_overhead_gb=0)
     budget = util * card_gb
     if inside > budget:
-        out.append(f"{source}: VOXCPM_GPU_MEMORY_UTILIZATION={util:g}: {util:g} x {card_gb:g} GB = {budget:.1f} GB "
-                   f"does not hold weights, activations and a KV cache for {seqs} seqs x {max_len} positions "
-                   f"({inside:.1f} GB): the engine fails to start or gets fewer KV blocks and sequences wait; "
-                   "raise the utilization or lower VOXCPM_MAX_NUM_SEQS / VOXCPM_MAX_MODEL_LEN "
-                   "(`voxws-ops recommend`)")
+        out.append(f"{source}: VOXCPM_GPU_MEMORY_UTILIZATION={util:g}: {util:g} x {card_gb:g} GB = "
+                   f"{budget:.1f} GB does not hold weights, activations and a KV cache for {seqs} seqs x "
+                   f"{max_len} positions ({inside:.1f} GB): the engine fails to start or gets fewer KV "
+                   "blocks and sequences wait; raise the utilization or lower VOXCPM_MAX_NUM_SEQS / "
+                   "VOXCPM_MAX_MODEL_LEN (`voxws-ops recommend`)")
     outside = sizing.PER_SEQ_OVERHEAD_GB * seqs
     headroom = card_gb * (1 - util) - outside
     if headroom < SAFE_HEADROOM_GB:
         best = math.floor((1 - (outside + SAFE_HEADROOM_GB) / card_gb) * 20) / 20
-        out.append(f"{source}: VOXCPM_GPU_MEMORY_UTILIZATION={util:g}: leaves {headroom:.1f} GB of a {card_gb:g} GB "
-                   f"card after the engine's budget and ~{outside:.1f} GB of graphs and VAE activations for "
-                   f"{seqs} sequences; keep {SAFE_HEADROOM_GB:g} GB free (util 0.9 on an 80 GB H100 came within "
-                   f"0.6 GB of out-of-memory): use at most {best:.2f}")
+        out.append(f"{source}: VOXCPM_GPU_MEMORY_UTILIZATION={util:g}: leaves {headroom:.1f} GB of a "
+                   f"{card_gb:g} GB card after the engine's budget and ~{outside:.1f} GB of graphs and VAE "
+                   f"activations for {seqs} sequences; keep {SAFE_HEADROOM_GB:g} GB free (util 0.9 on an "
+                   f"80 GB H100 came within 0.6 GB of out-of-memory): use at most {best:.2f}")
     return out
 
 
@@ -120,7 +121,8 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
         err(config.problem(src, "VOXWS_GROUP", s.group, f"the file's name ({stem}), since voxcpm@{stem} "
                            f"reads /etc/voxcpm/{stem}.env"))
     if s.port < UNPRIVILEGED_PORT_START:
-        err(config.problem(src, "VOXWS_PORT", s.port, "1024 or above: the unit runs without CAP_NET_BIND_SERVICE"))
+        err(config.problem(src, "VOXWS_PORT", s.port,
+                           "1024 or above: the unit runs without CAP_NET_BIND_SERVICE"))
     if s.drain_timeout_s > TIMEOUT_STOP_S - STOP_MARGIN_S:
         err(config.problem(src, "VOXWS_DRAIN_TIMEOUT_S", env["VOXWS_DRAIN_TIMEOUT_S"],
                            f"at most {TIMEOUT_STOP_S - STOP_MARGIN_S} s, so that the drain ends before the "
@@ -129,7 +131,7 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
     if s.engine == "nanovllm":
         if not visible:
             err(config.problem(src, "CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""),
-                               "this group's physical GPUs, e.g. 3,4 (unset, every group would use every GPU)"))
+                               "this group's physical GPUs, e.g. 3,4 (unset, every group uses every GPU)"))
         elif len(set(visible)) != len(visible):
             err(config.problem(src, "CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"], "distinct GPUs"))
         elif max(s.devices) >= len(visible):
@@ -142,7 +144,8 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
         need = sizing.min_max_model_len(max_text_chars)
         if s.max_model_len < need:
             err(config.problem(src, "VOXCPM_MAX_MODEL_LEN", s.max_model_len,
-                               f"at least {need} to fit texts of {max_text_chars} characters (--max-text-chars)"))
+                               f"at least {need} to fit texts of {max_text_chars} characters "
+                               "(--max-text-chars)"))
     if gpu_memory_gb:
         rep.warnings += memory_warnings(src, s.gpu_memory_utilization, s.max_num_seqs, s.max_model_len,
                                         gpu_memory_gb)
@@ -167,15 +170,17 @@ def validate(paths: list[Path], max_text_chars: int | None = 300, gpu_memory_gb:
         s, gpus, group = loaded
         for gpu in gpus:
             if gpu in by_gpu:
-                rep.errors.append(config.problem(str(path), "CUDA_VISIBLE_DEVICES", ",".join(gpus),
-                                                 f"GPUs no other group uses; GPU {gpu} is also in {by_gpu[gpu]}"))
+                rep.errors.append(config.problem(
+                    str(path), "CUDA_VISIBLE_DEVICES", ",".join(gpus),
+                    f"GPUs no other group uses; GPU {gpu} is also in {by_gpu[gpu]}"))
             by_gpu.setdefault(gpu, path)
         if s.port in by_port:
             rep.errors.append(config.problem(str(path), "VOXWS_PORT", s.port,
                                              f"a port no other group uses; {by_port[s.port]} has it too"))
         by_port.setdefault(s.port, path)
         if group in by_group:
-            rep.errors.append(config.problem(str(path), "VOXWS_GROUP", group,
-                                             f"a group name no other file uses; {by_group[group]} has it too"))
+            rep.errors.append(config.problem(
+                str(path), "VOXWS_GROUP", group,
+                f"a group name no other file uses; {by_group[group]} has it too"))
         by_group.setdefault(group, path)
     return rep

@@ -88,6 +88,10 @@ function explain(err) {
     case 'connection_lost':
     case 'closed':
       return ['warn', 'Lost the connection to the server. Press Speak to reconnect.'];
+    case 'idle_timeout':
+      return ['info', 'Disconnected after a while without use. Press Speak to reconnect.'];
+    case 'slow_consumer':
+      return ['warn', 'The page fell behind reading the audio, so the server closed the connection. Press Speak to reconnect.'];
     case 'busy': {
       const s = err.retryAfterMs ? ` Try again in ${Math.max(1, Math.round(err.retryAfterMs / 1000))} s.` : '';
       return ['warn', `The server is busy: every slot is taken and its queue is full.${s}`];
@@ -166,7 +170,9 @@ function connect() {
         banner('warn', 'The server is restarting: speech in progress finishes, new speech needs a reconnect.', 'going_away');
         log(`going_away: ${e.detail.reason}`);
       });
-      c.addEventListener('error', (e) => showError(e.detail));
+      c.addEventListener('error', (e) => {
+        if (e.detail.code !== 'idle_timeout') showError(e.detail); // idle: the close handler says it calmly
+      });
       return c;
     })
     .catch((err) => {
@@ -218,6 +224,7 @@ async function speak() {
     const llm = $('llm').checked;
     const u = llm ? c.open(options) : c.speak(text, options);
     current = u;
+    resetWave(u.sampleRate);
     watch(u);
     const playing = player.play(u);
     if (llm) typeLikeAnLlm(u, text);
@@ -249,7 +256,8 @@ function watch(u) {
     if ($('banner').dataset.code === 'queued') banner(null);
     log(`start ${u.context}: ${e.detail.format} ${e.detail.sample_rate} Hz`);
   });
-  u.addEventListener('chunk', () => {
+  u.addEventListener('chunk', (e) => {
+    addToWave(e.detail);
     if (u.chunks === 1) {
       $('f-ttfb').innerHTML = fmtMs(u.ttfbMs);
       if (demo.llm) demo.llm.charsAtFirstAudio = u.charsWritten;
@@ -308,9 +316,31 @@ function stop() {
 }
 
 // --- waveform and level ---------------------------------------------------------------------------
+// The canvas shows the utterance's envelope as it arrives (pale) and as it plays (solid); the bar
+// beside it is the live output level from the player's AnalyserNode.
 const canvas = $('wave');
 const g = canvas.getContext('2d');
-let samples = new Float32Array(2048);
+const BLOCK_S = 0.02;
+const wave = { peaks: [], rate: 44100, pending: 0, pendingPeak: 0, played: 0, at: 0, playing: false };
+let scratch = new Float32Array(2048);
+
+function resetWave(rate) {
+  Object.assign(wave, { peaks: [], rate: rate || 44100, pending: 0, pendingPeak: 0, played: 0, at: 0, playing: false });
+}
+
+function addToWave(chunk) {
+  const scale = chunk instanceof Float32Array ? 1 : 1 / 32768;
+  const block = Math.max(1, Math.round(wave.rate * BLOCK_S));
+  for (let i = 0; i < chunk.length; i++) {
+    const v = Math.abs(chunk[i] * scale);
+    if (v > wave.pendingPeak) wave.pendingPeak = v;
+    if (++wave.pending === block) {
+      wave.peaks.push(wave.pendingPeak);
+      wave.pending = 0;
+      wave.pendingPeak = 0;
+    }
+  }
+}
 
 function draw() {
   const dpr = window.devicePixelRatio || 1;
@@ -321,30 +351,43 @@ function draw() {
     canvas.height = h;
   }
   const a = player.analyser;
+  let rms = 0;
   if (a) {
-    if (samples.length !== a.fftSize) samples = new Float32Array(a.fftSize);
-    a.getFloatTimeDomainData(samples);
-  } else {
-    samples.fill(0);
+    if (scratch.length !== a.fftSize) scratch = new Float32Array(a.fftSize);
+    a.getFloatTimeDomainData(scratch);
+    let sum = 0;
+    for (const v of scratch) sum += v * v;
+    rms = Math.sqrt(sum / scratch.length);
   }
-  let sum = 0;
-  for (const v of samples) sum += v * v;
-  const rms = Math.sqrt(sum / samples.length);
   const db = rms > 0 ? 20 * Math.log10(rms) : -100;
   $('level').style.height = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
 
+  const style = getComputedStyle(document.documentElement);
+  const color = style.getPropertyValue('--wave').trim() || '#4f46e5';
+  const line = style.getPropertyValue('--line').trim() || '#e3e5ef';
   g.clearRect(0, 0, w, h);
-  g.lineWidth = 1.5 * dpr;
-  g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue('--wave').trim() || '#4f46e5';
-  g.beginPath();
-  const step = samples.length / w;
-  for (let x = 0; x < w; x++) {
-    const v = samples[Math.floor(x * step)];
-    const y = h / 2 - v * (h / 2 - 4 * dpr);
-    if (x === 0) g.moveTo(x, y);
-    else g.lineTo(x, y);
+  const mid = h / 2;
+  const peaks = wave.peaks;
+  const bar = 3 * dpr;
+  const gap = 1 * dpr;
+  const slots = Math.floor(w / (bar + gap));
+  // Fit the whole utterance: one bar per block while it fits, then several blocks per bar.
+  const per = Math.max(1, Math.ceil(peaks.length / slots));
+  const playedSamples = wave.playing
+    ? wave.played + ((performance.now() - wave.at) / 1000) * wave.rate
+    : wave.played;
+  const playedBlocks = playedSamples / (wave.rate * BLOCK_S);
+  g.fillStyle = line;
+  g.fillRect(0, mid - 0.5 * dpr, w, dpr);
+  for (let s = 0; s * per < peaks.length; s++) {
+    let p = 0;
+    for (let k = s * per; k < Math.min(peaks.length, (s + 1) * per); k++) p = Math.max(p, peaks[k]);
+    const half = Math.max(dpr, Math.min(1, p * 1.8) * (mid - 4 * dpr));
+    g.globalAlpha = s * per < playedBlocks ? 1 : 0.3;
+    g.fillStyle = color;
+    g.fillRect(s * (bar + gap), mid - half, bar, half * 2);
   }
-  g.stroke();
+  g.globalAlpha = 1;
   requestAnimationFrame(draw);
 }
 
@@ -357,9 +400,14 @@ function updateCount() {
 
 player.addEventListener('start', (e) => {
   $('f-audible').innerHTML = fmtMs(e.detail.firstAudibleMs);
+  Object.assign(wave, { playing: true, at: performance.now() });
 });
 player.addEventListener('progress', (e) => {
   $('f-underruns').innerHTML = `${e.detail.underruns}<small> · ${Math.round(e.detail.underrunMs)} ms</small>`;
+  Object.assign(wave, { played: e.detail.samplesPlayed, at: performance.now(), playing: e.detail.buffered > 0 });
+});
+player.addEventListener('ended', (e) => {
+  Object.assign(wave, { played: e.detail.samplesPlayed, playing: false });
 });
 
 $('speak').addEventListener('click', speak);

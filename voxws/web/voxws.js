@@ -560,12 +560,13 @@ async function diagnoseHandshake(wsTarget, token, closeCode) {
   const extra = { closeCode };
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   let status = null;
+  const signal = globalThis.AbortSignal?.timeout?.(5000);
   try {
-    status = (await fetch(http, { headers, cache: 'no-store' })).status;
+    status = (await fetch(http, { headers, cache: 'no-store', signal })).status;
   } catch {
     // Cross-origin without CORS, or nothing listening: an opaque probe tells those two apart.
     try {
-      await fetch(new URL('/healthz', http), { mode: 'no-cors', cache: 'no-store' });
+      await fetch(new URL('/healthz', http), { mode: 'no-cors', cache: 'no-store', signal });
       return new VoxConnectionError(
         'refused',
         `${http.host} refused the WebSocket handshake: check the token, the allowed origins and the server's connection limit`,
@@ -701,6 +702,12 @@ export class VoxPlayer extends EventTarget {
   /** Create or resume the AudioContext. Call it from a user gesture (click) so that the browser lets the
    * audio start; play() calls it too. Changing the rate replaces the context (and stops what plays). */
   resume(sampleRate) {
+    const ctx = this._prepare(sampleRate);
+    return this._ready.then(() => ctx.resume());
+  }
+
+  // The context at this rate with its worklet loading; resumed, but not waiting for the browser to allow it.
+  _prepare(sampleRate) {
     const rate = sampleRate ? Number(sampleRate) : undefined;
     if (this.context && rate && this.context.sampleRate !== rate) this._teardown();
     if (!this.context) {
@@ -711,8 +718,7 @@ export class VoxPlayer extends EventTarget {
     } else if (this.context.state === 'suspended') {
       this.context.resume().catch(() => {});
     }
-    const ctx = this.context;
-    return this._ready.then(() => ctx.resume());
+    return this.context;
   }
 
   async _build(ctx) {
@@ -755,9 +761,10 @@ export class VoxPlayer extends EventTarget {
    * played (or playback was stopped). Utterances played in a row follow each other without a gap. */
   play(utterance) {
     const id = ++this._seq;
-    const rate = utterance.sampleRate;
-    const ready = this.resume(rate);
-    const ctx = this.context;
+    // Audio queues in the worklet even while the browser holds the context suspended (no gesture yet):
+    // it starts on the next resume() instead of play() hanging.
+    const ctx = this._prepare(utterance.sampleRate);
+    const ready = this._ready;
     return new Promise((resolve) => {
       const entry = { id, utterance, resolve, ctx, rate: ctx.sampleRate, startedFrame: null, firstAudibleMs: null };
       this._plays.set(id, entry);
