@@ -100,7 +100,7 @@ def test_busy_past_the_queue_bound_with_retry_after() -> None:
                 await s.send(json.dumps({"type": "speak", "text": TEXT, "context": f"b{i}"}))
             outcomes = []
             for s in sockets:
-                streams, log = await collect(s)
+                streams, _ = await collect(s)
                 (st,) = streams.values()
                 outcomes.append((st.end["type"], st.end.get("code"), [m["position"] for m in st.queued],
                                  st.end.get("retry_after_ms")))

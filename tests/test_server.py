@@ -16,7 +16,10 @@ from tests.conftest import running, url
 from tests.wsclient import collect, open_ws
 from voxws.engines.synthetic import CHUNK, natural_steps, tag_hash
 
-ZH68 = "今天天气很好，我们一起去公园散步吧。路边的花开得正艳，小鸟在树上欢快地歌唱，孩子们在草地上奔跑嬉戏，大家都很开心，真是美好的一天啊！！！"
+ZH68 = (
+    "今天天气很好，我们一起去公园散步吧。路边的花开得正艳，小鸟在树上欢快"
+    "地歌唱，孩子们在草地上奔跑嬉戏，大家都很开心，真是美好的一天啊！！！"
+)
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 
 
@@ -249,10 +252,9 @@ def test_http_routes() -> None:
 
 def test_subprotocol_is_selected() -> None:
     async def scenario() -> None:
-        async with running(**FAST) as srv:
-            async with connect(url(srv), subprotocols=["voxws.v1"]) as ws:  # type: ignore[list-item]
-                assert ws.subprotocol == "voxws.v1"
-                assert json.loads(await ws.recv())["type"] == "ready"
+        async with running(**FAST) as srv, connect(url(srv), subprotocols=["voxws.v1"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "voxws.v1"
+            assert json.loads(await ws.recv())["type"] == "ready"
 
     run(scenario())
 

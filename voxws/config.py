@@ -214,7 +214,8 @@ def check_cross(s: Settings, source: str = "") -> list[str]:
     if s.auth_token_file:
         try:
             if not s.auth_token():
-                out.append(problem(source, "VOXWS_AUTH_TOKEN_FILE", s.auth_token_file, "a file holding a non-empty token"))
+                out.append(problem(source, "VOXWS_AUTH_TOKEN_FILE", s.auth_token_file,
+                               "a file holding a non-empty token"))
         except OSError as e:
             out.append(problem(source, "VOXWS_AUTH_TOKEN_FILE", s.auth_token_file,
                                f"a readable file holding the token ({e.strerror})"))

@@ -113,13 +113,19 @@ class Server:
         if path == "/healthz":
             return _response(200, "ok\n")
         if path == "/readyz":
-            ok = self.ready and not self.shared.draining
-            why = "ready" if ok else ("draining" if self.shared.draining else
-                                      f"engine {'dead: ' + (self.engine.dead_reason or '') if self.engine.dead_reason else 'loading'}")
-            return _response(200 if ok else 503, why + "\n")
+            return self._readyz()
         if path == "/metrics":
             return _response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         return self._static(path)
+
+    def _readyz(self) -> Response:
+        if self.engine.dead_reason:
+            return _response(503, f"engine dead: {self.engine.dead_reason}\n")
+        if self.shared.draining:
+            return _response(503, "draining\n")
+        if not self.ready:
+            return _response(503, "engine loading\n")
+        return _response(200, "ready\n")
 
     def _static(self, path: str) -> Response:
         name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")

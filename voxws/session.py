@@ -10,6 +10,7 @@ a frame of its own context.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -80,6 +81,7 @@ class Session:
         self._tokens = 2 * self.s.rate_limit_per_s
         self._tokens_at = time.monotonic()
         self.writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Future[None] | None = None
         m = shared.metrics
         self._m_audio, self._m_chunks, self._m_ttfb = m.audio_seconds, m.chunks, m.ttfb
 
@@ -103,10 +105,8 @@ class Session:
         self.order.clear()
         if self.writer is not None:
             self.writer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.writer
-            except (asyncio.CancelledError, Exception):
-                pass
 
     def close(self, code: int, reason: str) -> None:
         """Close after everything queued so far is sent."""
@@ -466,7 +466,7 @@ class Session:
             # The writer is stuck in send: close from here.
             if self.writer is not None:
                 self.writer.cancel()
-            asyncio.ensure_future(self.t.close(1008, "slow consumer"))
+            self._closer = asyncio.ensure_future(self.t.close(1008, "slow consumer"))
         elif not self.contexts and now - self.last_activity > self.s.idle_timeout_s:
             self._send(protocol.error("idle_timeout", f"no message for {self.s.idle_timeout_s:g} s"))
             self.close(1000, "idle")

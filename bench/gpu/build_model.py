@@ -65,7 +65,8 @@ def model_tensors(cfg_json: str, device: str, seed: int):
     hidden = cfg.lm_config.hidden_size
 
     def rand(shape):
-        return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(torch.bfloat16)
+        t = torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+        return (t * 0.02).to(torch.bfloat16)
 
     for name, p in model.named_parameters():
         owner_name, _, leaf = name.rpartition(".")
@@ -89,11 +90,12 @@ def model_tensors(cfg_json: str, device: str, seed: int):
             q = owner.num_heads * owner.head_size
             kv = owner.num_kv_heads * owner.head_size
             base = owner_name.removesuffix("qkv_proj")
-            for part, piece in zip(("q_proj", "k_proj", "v_proj"), t.split([q, kv, kv], dim=0)):
+            for part, piece in zip(("q_proj", "k_proj", "v_proj"), t.split([q, kv, kv], dim=0), strict=True):
                 yield f"{base}{part}.{leaf}", piece.contiguous()
         elif isinstance(owner, MergedColumnParallelLinear):
             base = owner_name.removesuffix("gate_up_proj")
-            for part, piece in zip(("gate_proj", "up_proj"), t.split(list(owner.output_sizes), dim=0)):
+            sizes = list(owner.output_sizes)
+            for part, piece in zip(("gate_proj", "up_proj"), t.split(sizes, dim=0), strict=True):
                 yield f"{base}{part}.{leaf}", piece.contiguous()
         else:
             yield name, t

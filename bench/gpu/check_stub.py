@@ -43,7 +43,7 @@ def main() -> None:
     out = flash_attn_varlen_func(q, k, v, max_seqlen_q=max(lens), cu_seqlens_q=cu, max_seqlen_k=max(lens),
                                  cu_seqlens_k=cu, softmax_scale=SCALE, causal=True)
     errs["prefill"] = max((out[a:b].float() - ref(q[a:b], k[a:b], v[a:b], True)).abs().max().item()
-                          for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()))
+                          for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=False))
 
     # Paged caches: 40 blocks; 3 sequences with their block tables (-1 padded).
     nblk = 40
@@ -60,15 +60,17 @@ def main() -> None:
     qp = rnd(sum(qlens), H, D)
     cuq = torch.tensor([0, *torch.tensor(qlens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
     cuk = torch.tensor([0, *torch.tensor(klens).cumsum(0).tolist()], dtype=torch.int32, device=dev)
-    out = flash_attn_varlen_func(qp, kc, vc, max_seqlen_q=max(qlens), cu_seqlens_q=cuq, max_seqlen_k=max(klens),
-                                 cu_seqlens_k=cuk, softmax_scale=SCALE, causal=True, block_table=bt)
+    out = flash_attn_varlen_func(qp, kc, vc, max_seqlen_q=max(qlens), cu_seqlens_q=cuq,
+                                 max_seqlen_k=max(klens), cu_seqlens_k=cuk, softmax_scale=SCALE, causal=True,
+                                 block_table=bt)
     errs["prefill_paged"] = max(
         (out[a:b].float() - ref(qp[a:b], keys(kc, i), keys(vc, i), True)).abs().max().item()
-        for i, (a, b) in enumerate(zip(cuq[:-1].tolist(), cuq[1:].tolist())))
+        for i, (a, b) in enumerate(zip(cuq[:-1].tolist(), cuq[1:].tolist(), strict=False)))
 
     qd = rnd(3, 1, H, D)
     sl = torch.tensor(klens, dtype=torch.int32, device=dev)
-    out = flash_attn_with_kvcache(qd, kc, vc, cache_seqlens=sl, block_table=bt, softmax_scale=SCALE, causal=True)
+    out = flash_attn_with_kvcache(qd, kc, vc, cache_seqlens=sl, block_table=bt, softmax_scale=SCALE,
+                                  causal=True)
     want = torch.stack([ref(qd[i], keys(kc, i), keys(vc, i), True) for i in range(3)])
     errs["decode"] = (out.float() - want).abs().max().item()
 
@@ -77,7 +79,8 @@ def main() -> None:
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        flash_attn_with_kvcache(sq, kc, vc, cache_seqlens=ssl, block_table=bt, softmax_scale=SCALE, causal=True)
+        flash_attn_with_kvcache(sq, kc, vc, cache_seqlens=ssl, block_table=bt, softmax_scale=SCALE,
+                                causal=True)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -94,7 +97,8 @@ def main() -> None:
 
     qq, kk, vv = rnd(4, 9, H, D), rnd(4, 9, HKV, D), rnd(4, 9, HKV, D)
     out = flash_attn_func(qq, kk, vv, softmax_scale=SCALE, causal=False)
-    errs["dense"] = max((out[i].float() - ref(qq[i], kk[i], vv[i], False)).abs().max().item() for i in range(4))
+    errs["dense"] = max((out[i].float() - ref(qq[i], kk[i], vv[i], False)).abs().max().item()
+                        for i in range(4))
 
     bad = {k: e for k, e in errs.items() if not e < TOL}
     print("flash_attn stand-in max abs error vs fp32:", {k: round(e, 4) for k, e in errs.items()},

@@ -12,6 +12,7 @@ Prints the markdown table that docs/benchmarks-gpu.md carries.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -54,7 +55,7 @@ def reduce_level(recs: list[dict]) -> dict[str, Any]:
     gaps, largest = [], []
     for r in ok:
         f = r.get("frames_ms") or []
-        d = [b - a for a, b in zip(f, f[1:])]
+        d = [b - a for a, b in itertools.pairwise(f)]
         gaps += d
         largest.append(max(d) if d else 0.0)
     thr = []
@@ -124,7 +125,8 @@ def verdicts(raw: dict[int, dict], vox: dict[int, dict]) -> dict[str, Any]:
                                   "pass": vt / rt >= 0.97}
     if 256 in vox:
         v = vox[256]
-        out["overload_256"] = {"ok": v["ok"], "requests": v["requests"], "largest_gap_ms": v["largest_gap_ms"]["max"],
+        out["overload_256"] = {"ok": v["ok"], "requests": v["requests"],
+                               "largest_gap_ms": v["largest_gap_ms"]["max"],
                                "target": "all succeed, no gap over 500 ms after the first chunk",
                                "pass": v["failed"] == 0 and v["streams_with_gap_over_500ms"] == 0}
     return out
@@ -162,7 +164,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--raw", required=True)
     ap.add_argument("--voxws", nargs="*", default=[], help="voxws-bench JSON files (ttfb, overload)")
-    ap.add_argument("--voxws-mem", nargs="*", default=[], help="name=FILE: `python gpumem.py` output after each voxws phase")
+    ap.add_argument("--voxws-mem", nargs="*", default=[],
+                    help="name=FILE: `python gpumem.py` output after each voxws phase")
     ap.add_argument("--voxws-ready-s", type=float, default=None, help="server start to /readyz")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -210,7 +213,8 @@ def main() -> None:
     print(table(doc))
     print()
     for k, v in doc["verdicts"].items():
-        print(f"{k}: {'PASS' if v['pass'] else 'MISS'} {json.dumps({x: y for x, y in v.items() if x != 'pass'})}")
+        rest = json.dumps({x: y for x, y in v.items() if x != "pass"})
+        print(f"{k}: {'PASS' if v['pass'] else 'MISS'} {rest}")
     mem_txt = ", ".join(f"{k} {fmt(v / 1024, 1)} GiB" for k, v in mem.items() if v)
     peak_raw = max((lv.get("card_peak_mb", 0) for lv in raw_levels.values()), default=0)
     print(f"card: {card.get('name')}; peak memory raw {fmt(peak_raw / 1024, 1)} GiB; voxws {mem_txt or '-'}")

@@ -18,7 +18,8 @@ def cards() -> list[dict]:
     out = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version",
                           "--format=csv,noheader,nounits"], capture_output=True, text=True, check=True).stdout
     rows = [[c.strip() for c in line.split(",")] for line in out.strip().splitlines()]
-    return [{"index": int(r[0]), "name": r[1], "memory_total_mb": int(float(r[2])), "driver": r[3]} for r in rows]
+    return [{"index": int(r[0]), "name": r[1], "memory_total_mb": int(float(r[2])), "driver": r[3]}
+            for r in rows]
 
 
 def used_mb() -> dict[int, int]:

@@ -50,7 +50,11 @@ async def one(pool, rid: int, level: int, rnd: int, text: str, steps: int, t0: f
 async def sweep(args: argparse.Namespace) -> dict:
     from nanovllm_voxcpm import VoxCPM
 
-    text = args.text or open(TEXT_FILE, encoding="utf-8").read().strip()
+    if args.text:
+        text = args.text
+    else:
+        with open(TEXT_FILE, encoding="utf-8") as f:
+            text = f.read().strip()
     levels = [int(x) for x in args.concurrency.split(",")]
     t_start = time.perf_counter()
     pool = VoxCPM.from_pretrained(

@@ -18,6 +18,7 @@ exactly, so tests can prove no chunk is lost, duplicated or reordered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import zlib
@@ -198,10 +199,8 @@ class SyntheticEngine:
                 w.task.cancel()
         for w in self._workers:
             if w.task:
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await w.task
-                except (asyncio.CancelledError, Exception):
-                    pass
         self._workers = []
 
     def _die(self, reason: str) -> None:

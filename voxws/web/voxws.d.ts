@@ -159,7 +159,7 @@ export interface PlaybackStats {
 export interface PlayerOptions {
   /** Audio buffered before playback starts, and again after an underrun (default 60). */
   jitterMs?: number;
-  /** URL of the worklet module, where a Content-Security-Policy forbids blob: URLs. */
+  /** URL serving WORKLET_SOURCE, where a Content-Security-Policy forbids the default blob: URL. */
   workletUrl?: string | null;
 }
 
@@ -183,6 +183,8 @@ export declare class VoxPlayer extends EventTarget {
   addEventListener(type: string, l: EventListenerOrEventListenerObject | null, o?: boolean | AddEventListenerOptions): void;
 }
 
+/** The player's AudioWorklet module source (serve it yourself and pass `workletUrl` under a strict CSP). */
+export declare const WORKLET_SOURCE: string;
 export declare function decodePcm(buffer: ArrayBuffer, format: Format): Chunk;
 export declare function toFloat32(chunk: Chunk): Float32Array;
 export declare function endpointUrl(url?: string | URL): URL;

@@ -604,7 +604,7 @@ async function diagnoseHandshake(wsTarget, token, closeCode) {
 
 // The AudioWorklet processor: a queue of streams played back to back, each with a small jitter
 // buffer at its start and after an underrun. Inlined (Blob URL) so that voxws.js is one file.
-const WORKLET_SOURCE = `
+export const WORKLET_SOURCE = `
 class VoxPlayerProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
