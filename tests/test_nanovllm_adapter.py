@@ -25,7 +25,7 @@ import pytest
 
 from voxws.config import Settings
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
-from voxws.engines.nanovllm import MIN_BATCHED_TOKENS, NanoVllmEngine, TokenCounter
+from voxws.engines.nanovllm import MIN_BATCHED_TOKENS, Coalescer, NanoVllmEngine, TokenCounter
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "gpu" / "voxcpm15-config.json"
@@ -208,7 +208,8 @@ def model_dir(tmp_path: Path, skip: str | None = None) -> str:
 
 
 def make(tmp_path: Path, *, devices: tuple[int, ...] = (0,), max_model_len: int = 2048,
-         max_num_seqs: int = 128, **pool_kw: Any) -> tuple[NanoVllmEngine, dict[str, Any]]:
+         max_num_seqs: int = 128, coalescer: Coalescer | None = None,
+         **pool_kw: Any) -> tuple[NanoVllmEngine, dict[str, Any]]:
     seen: dict[str, Any] = {}
 
     def factory(**kw: Any) -> FakePool:
@@ -218,7 +219,8 @@ def make(tmp_path: Path, *, devices: tuple[int, ...] = (0,), max_model_len: int 
 
     s = Settings(engine="nanovllm", model_path=model_dir(tmp_path), devices=devices,
                  max_model_len=max_model_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=0.5)
-    return NanoVllmEngine(s, pool_factory=factory, tokenizer=FakeTokenizer(), watch_interval_s=0.05), seen
+    return NanoVllmEngine(s, pool_factory=factory, tokenizer=FakeTokenizer(), watch_interval_s=0.05,
+                          coalescer=coalescer), seen
 
 
 def req(text: str = "我们好", steps: int = 5, **kw: Any) -> GenerateRequest:
@@ -434,6 +436,39 @@ async def test_routes_to_the_least_loaded_worker(tmp_path: Path) -> None:
         for g in gens:
             await g.aclose()
         assert seen["pool"].servers_load == [0, 0] and e.running == 0
+    finally:
+        await e.stop()
+
+
+@aio
+async def test_a_burst_reaches_the_engine_together(tmp_path: Path) -> None:
+    """Requests arriving one by one (as a server hands them on) reach the pool in one go, so the
+    worker prefills them in one step instead of one step per slice."""
+    e, seen = make(tmp_path, coalescer=Coalescer(quiet_s=0.3, max_hold_s=5.0))
+    await e.start()
+    try:
+        arrived = 0
+        pool: FakePool = seen["pool"]
+        at_call: list[int] = []
+        real = pool.generate
+
+        async def spy(**kw: Any) -> Any:  # runs when the adapter first iterates (= submits)
+            at_call.append(arrived)  # how many requests had arrived when this one reached the pool
+            async for chunk in real(**kw):
+                yield chunk
+
+        pool.generate = spy  # type: ignore[method-assign]
+
+        async def one() -> int:
+            return len(await collect(e, req(steps=3)))
+
+        tasks = []
+        for _ in range(5):
+            tasks.append(asyncio.create_task(one()))
+            arrived += 1
+            await asyncio.sleep(0.01)
+        assert await asyncio.gather(*tasks) == [3] * 5
+        assert at_call == [5] * 5
     finally:
         await e.stop()
 

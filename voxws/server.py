@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -70,7 +71,10 @@ class _Transport:
         self.ws = ws
 
     async def send(self, data: str | bytes) -> None:
-        await self.ws.send(data)
+        try:
+            await self.ws.send(data)
+        except ConnectionClosed as e:  # the session knows no websockets types: the peer is gone
+            raise ConnectionResetError(str(e)) from e
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code, reason)
@@ -135,7 +139,9 @@ class Server:
         if not res.is_file():
             return _response(404, "not found\n")
         ext = os.path.splitext(name)[1]
-        return _response(200, res.read_bytes(), _CONTENT_TYPES.get(ext, "application/octet-stream"))
+        # voxws.js is imported by pages of other origins: a module script needs CORS (no credentials).
+        cors = {"Access-Control-Allow-Origin": "*"} if ext in (".js", ".ts") else None
+        return _response(200, res.read_bytes(), _CONTENT_TYPES.get(ext, "application/octet-stream"), extra=cors)
 
     def _admit(self, request: Request, query: str) -> Response | None:
         refuse = self._refusal(request, query)
@@ -187,6 +193,7 @@ class Server:
         self.metrics.connections_total.inc()
         session.start()
         session.log.info("connected")
+        failed = False
         try:
             async for frame in ws:
                 if isinstance(frame, str):
@@ -198,10 +205,13 @@ class Server:
             if session.writer is not None and session.close_code is not None:
                 await asyncio.wait_for(asyncio.shield(session.writer), self.settings.stall_timeout_s)
         except Exception as e:  # one connection's failure never touches another
-            if not isinstance(e, (asyncio.TimeoutError, ConnectionError)):
+            if not isinstance(e, (asyncio.TimeoutError, ConnectionError, ConnectionClosed)):
+                failed = True
                 session.log.error("connection_failed", error=repr(e))
         finally:
             await session.finish()
+            if failed:  # say so: returning from the handler would close 1000, as if all went well
+                await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
             session.log.info("disconnected", code=ws.close_code)
 
     # -- process lifecycle ----------------------------------------------

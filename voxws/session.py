@@ -93,6 +93,14 @@ class Session:
         if self.shared.draining:
             self.control.append(protocol.going_away("draining", int(self.s.drain_timeout_s * 1000)))
         self.writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.id}")
+        self.writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """A writer that dies of a bug would leave the client waiting forever: close 1011 instead."""
+        if task.cancelled() or task.exception() is None or isinstance(task.exception(), ConnectionError):
+            return
+        self.log.error("writer_failed", error=repr(task.exception()))
+        self._closer = asyncio.ensure_future(self.t.close(1011, "internal error"))
 
     async def finish(self) -> None:
         """The client is gone or we closed: stop all work of this socket."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import DATA_OPCODES, Frame
 
 _clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable across client processes
 
@@ -66,13 +68,37 @@ class StreamResult:
     error_message: str | None = None
 
 
+class TimedConnection(ClientConnection):
+    """Stamps every message with the moment its last bytes were read from the socket.
+
+    Taking the time when the reading task resumes would add the client's own queueing
+    (hundreds of sockets' frames land at once at every engine step) to every TTFB.
+    One stamp per message, in order: recv() callers pop one per message they get.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: deque[float] = deque()
+        self._read_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self._read_at = _clock()
+        super().data_received(data)
+
+    def process_event(self, event: Any) -> None:
+        if self.response is not None and isinstance(event, Frame) and event.opcode in DATA_OPCODES \
+                and event.fin:
+            self.arrivals.append(self._read_at)
+        super().process_event(event)
+
+
 class ConnectFailed(Exception):
     def __init__(self, code: str, message: str):
         self.code, self.message = code, message
         super().__init__(f"{code}: {message}")
 
 
-async def open_stream(target: Target) -> tuple[ClientConnection, dict[str, Any]]:
+async def open_stream(target: Target) -> tuple[TimedConnection, dict[str, Any]]:
     """Connect and wait for the server's `ready`; raise ConnectFailed with a short code."""
     headers = {"Authorization": f"Bearer {target.token}"} if target.token else None
     try:
@@ -84,6 +110,7 @@ async def open_stream(target: Target) -> tuple[ClientConnection, dict[str, Any]]
             ping_interval=None,  # a keepalive timeout must not end a stream mid-measurement
             open_timeout=target.open_timeout_s,
             subprotocols=None,
+            create_connection=TimedConnection,
         )
     except InvalidStatus as e:
         raise ConnectFailed(f"http_{e.response.status_code}", str(e)) from None
@@ -91,6 +118,7 @@ async def open_stream(target: Target) -> tuple[ClientConnection, dict[str, Any]]
         raise ConnectFailed("connect", f"{type(e).__name__}: {e}") from None
     try:
         first = await asyncio.wait_for(ws.recv(), target.open_timeout_s)
+        ws.arrivals.popleft()
         msg = json.loads(first)
     except (ConnectionClosed, TimeoutError, ValueError, TypeError) as e:
         await ws.close()
@@ -101,18 +129,18 @@ async def open_stream(target: Target) -> tuple[ClientConnection, dict[str, Any]]
     return ws, msg
 
 
-async def speak(ws: ClientConnection, target: Target, text: str, res: StreamResult) -> None:
+async def speak(ws: TimedConnection, target: Target, text: str, res: StreamResult) -> None:
     """Send one `speak` and record everything until its `done` (or error). Does not raise
     for protocol errors; ConnectionClosed and cancellation propagate to the caller."""
     context = f"b{res.id}"
     payload = target.speak(text, context)
     times, sizes = res.frame_t, res.frame_n
-    clock = _clock
-    res.t_sent = clock()
+    stamps = ws.arrivals
+    res.t_sent = _clock()
     await ws.send(payload)
     while True:
         msg = await ws.recv()
-        t = clock()
+        t = stamps.popleft()
         if type(msg) is bytes:
             times.append(t)
             sizes.append(len(msg))
@@ -144,7 +172,7 @@ async def speak(ws: ClientConnection, target: Target, text: str, res: StreamResu
         # pong, going_away (the in-flight context still finishes): nothing to record
 
 
-async def speak_timed(ws: ClientConnection, target: Target, text: str, res: StreamResult) -> bool:
+async def speak_timed(ws: TimedConnection, target: Target, text: str, res: StreamResult) -> bool:
     """speak() with the per-request timeout; returns False when the socket is no longer usable."""
     try:
         await asyncio.wait_for(speak(ws, target, text, res), target.request_timeout_s)
