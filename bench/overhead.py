@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -122,7 +123,7 @@ async def _inprocess(model: str, streams: int, per_stream: int, text: str) -> di
 class Server:
     """`voxws serve --engine synthetic` on a free loopback port, for one step model."""
 
-    def __init__(self, model: str, log_dir: Path):
+    def __init__(self, model: str, log_dir: Path, cmd: list[str] | None = None):
         base, per_seq = MODELS[model]
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -130,7 +131,8 @@ class Server:
         env = {**os.environ, "VOXWS_SYNTHETIC_STEP_BASE_MS": str(base),
                "VOXWS_SYNTHETIC_STEP_PER_SEQ_MS": str(per_seq), "VOXWS_LOG_FORMAT": "json"}
         voxws = Path(sys.executable).with_name("voxws")
-        cmd = [str(voxws)] if voxws.exists() else [sys.executable, "-c", "from voxws.cli import app; app()"]
+        if not cmd:
+            cmd = [str(voxws)] if voxws.exists() else [sys.executable, "-c", "from voxws.cli import app; app()"]
         self.log = open(log_dir / f"server-{model}.log", "w")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen([*cmd, "serve", "--engine", "synthetic", "--host", "127.0.0.1",
                                       "--port", str(self.port)],
@@ -307,6 +309,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where overhead.json/.md go")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    ap.add_argument("--server-cmd", default=None,
+                    help="command that starts the server instead of `voxws` (before/after experiments);"
+                         " `serve --engine synthetic --host --port` are appended")
     args = ap.parse_args()
     streams = [int(s) for s in args.streams.split(",")]
     models = [m.strip() for m in args.models.split(",")]
@@ -319,7 +324,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="voxws-overhead-"))
     cells = []
     for model in models:
-        server = Server(model, logs)
+        server = Server(model, logs, shlex.split(args.server_cmd) if args.server_cmd else None)
         try:
             # Warm both paths once (imports, first connections) so that run 1 is not special.
             asyncio.run(_inprocess(model, 4, 1, text))
@@ -347,7 +352,7 @@ def main() -> None:
         "config": {"streams": streams, "models": {m: dict(zip(("step_base_ms", "step_per_seq_ms"), MODELS[m],
                                                               strict=True)) for m in models},
                    "requests_per_stream": args.requests_per_stream, "text": text, "text_chars": len(text),
-                   "repeat": args.repeat, "procs": args.procs},
+                   "repeat": args.repeat, "procs": args.procs, "server_cmd": args.server_cmd},
         "targets": TARGETS,
         "cells": cells,
     })

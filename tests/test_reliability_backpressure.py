@@ -63,6 +63,7 @@ def test_a_client_that_stops_reading_is_cut_off_with_bounded_memory(path: str) -
             reader, _ = await open_ws(url(srv))
             slow, _ = await open_ws(url(srv), max_queue=2)
             await slow.send(json.dumps({"type": "speak", "text": HUGE, "context": "slow"}))
+            await until(lambda: any("slow" in s.contexts for s in srv.shared.sessions))
             session = next(s for s in srv.shared.sessions if "slow" in s.contexts)
             peak = 0
 

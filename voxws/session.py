@@ -467,14 +467,15 @@ class Session:
 
     def tick(self, now: float) -> None:
         """Called about once a second: idle and stalled-writer checks."""
-        if self.close_code is not None:
-            return
         if self.send_started is not None and now - self.send_started > self.s.stall_timeout_s:
+            # Checked while closing too: a client that stopped reading must not hold its socket (and its
+            # audio) until TCP keepalive gives up.
+            self.send_started = None  # act once
             self.slow_consumer(f"writes blocked for over {self.s.stall_timeout_s:g} s")
             # The writer is stuck in send: close from here.
             if self.writer is not None:
                 self.writer.cancel()
             self._closer = asyncio.ensure_future(self.t.close(1008, "slow consumer"))
-        elif not self.contexts and now - self.last_activity > self.s.idle_timeout_s:
+        elif self.close_code is None and not self.contexts and now - self.last_activity > self.s.idle_timeout_s:
             self._send(protocol.error("idle_timeout", f"no message for {self.s.idle_timeout_s:g} s"))
             self.close(1000, "idle")

@@ -11,8 +11,9 @@ Step time follows t(batch) = base + per_seq * batch (H100 figures by default).
 
 Audio: a tone whose pitch follows the text, one pitch per step, every pitch a multiple
 of 6.25 Hz so each chunk holds whole periods and chunk seams are click-free. The first
-samples of each chunk carry a mark (tag hash, segment, step) that survives pcm_s16le
-exactly, so tests can prove no chunk is lost, duplicated or reordered.
+samples of each chunk carry a mark (tag hash, segment, step, worker step) that survives
+pcm_s16le exactly, so tests can prove no chunk is lost, duplicated or reordered. The mark
+is written in 7-bit pieces (at most 127/32768 = -48 dBFS) so that it stays inaudible.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineSta
 
 SAMPLE_RATE = 44100
 CHUNK = 7056  # 4 latent frames x 1764 samples = 0.16 s
-MARK_MAGIC = 0x2A5A  # < 2**14, exact through s16: round(v / 32768 * 32767) == v
-_MARK_SCALE = 1.0 / 32768
+MARK_MAGIC = 0x2A5A  # 14-bit values, each written as two 7-bit samples:
+_MARK_SCALE = 1.0 / 32768  # exact through s16, since round(v / 32768 * 32767) == v for v < 2**14
+_MARK_FIELDS = 6
 _PITCHES = np.arange(20, 68)  # x 6.25 Hz: 125-419 Hz
 
 
@@ -65,16 +67,32 @@ def natural_steps(text: str) -> int:
     return max(1, math.ceil(natural_seconds(text) * 6.25 - 1e-9))
 
 
+def _write_mark(chunk: np.ndarray, values: list[int]) -> None:
+    pieces = [p for v in values for p in (v >> 7, v & 0x7F)]
+    chunk[: len(pieces)] = np.array(pieces, np.float32) * _MARK_SCALE
+
+
+def _read_fields(samples_s16: np.ndarray) -> list[int] | None:
+    if len(samples_s16) < 2 * _MARK_FIELDS:
+        return None
+    raw = samples_s16[: 2 * _MARK_FIELDS].astype(np.int64)
+    fields = [int(raw[2 * i]) << 7 | int(raw[2 * i + 1]) for i in range(_MARK_FIELDS)]
+    return fields if fields[0] == MARK_MAGIC else None
+
+
 def engine_step(samples_s16: np.ndarray) -> int:
     """The worker's step counter (mod 2**14) at which this chunk was produced."""
-    return int(samples_s16[5])
+    fields = _read_fields(samples_s16)
+    assert fields is not None, "not a synthetic chunk"
+    return fields[5]
 
 
 def read_mark(samples_s16: np.ndarray) -> tuple[int, int, int] | None:
     """(tag_hash, segment, step) from the first samples of a pcm_s16le chunk, or None."""
-    if len(samples_s16) < 5 or int(samples_s16[0]) != MARK_MAGIC:
+    fields = _read_fields(samples_s16)
+    if fields is None:
         return None
-    h, seg, lo, hi = (int(x) for x in samples_s16[1:5])
+    _, h, seg, lo, hi, _ = fields
     return h, seg, lo | (hi << 14)
 
 
@@ -160,8 +178,7 @@ class _Worker:
         if step == seq.steps - 1:
             chunk[-512:] *= np.linspace(1, 0, 512, dtype=np.float32)
         h = tag_hash(seq.tag)
-        marks = [MARK_MAGIC, h, seq.segment, step & 0x3FFF, step >> 14, self.steps & 0x3FFF]
-        chunk[:6] = np.array(marks, np.float32) * _MARK_SCALE
+        _write_mark(chunk, [MARK_MAGIC, h, seq.segment, step & 0x3FFF, (step >> 14) & 0x3FFF, self.steps & 0x3FFF])
         seq.done_steps += 1
         seq.out.put_nowait(chunk)
         if seq.done_steps >= seq.steps:
