@@ -1,6 +1,6 @@
 """Backpressure over real loopback sockets: a client that stops reading is a slow consumer. Its
 engine work is cancelled, the server holds a bounded amount of its audio, it gets `slow_consumer`
-and close 1008, and a client that never reads again is cut off without waiting for TCP keepalive."""
+and close 1008, and a client that never reads again is dropped without waiting for TCP keepalive."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def test_a_client_that_stops_reading_is_cut_off_with_bounded_memory(path: str) -
             assert frames < 2000 * 25 / 4  # far from all of its audio
             if path == "unsent_audio":
                 assert [m["code"] for m in log if m["type"] == "error"] == ["slow_consumer"]
+            # (A writer stalled past stall_timeout_s is cancelled mid-send: the client gets the close only.)
             await until(lambda: len(srv.shared.sessions) == 1)
             await reader.close()
 

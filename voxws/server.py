@@ -32,6 +32,7 @@ from voxws.session import Session, Shared
 
 log = structlog.get_logger("voxws.server")
 WS_PATH = "/v1/tts"
+CLOSE_TIMEOUT_S = 5  # for the peer's close frame, and for a stalled peer to take ours
 _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                   ".css": "text/css; charset=utf-8", ".ts": "text/plain; charset=utf-8",
                   ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
@@ -77,7 +78,12 @@ class _Transport:
             raise ConnectionResetError(str(e)) from e
 
     async def close(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
+        # websockets waits, without a deadline, until the close frame fits in the socket buffer: a peer
+        # that stopped reading would hold its socket until keepalive gives up. Drop the TCP connection.
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), CLOSE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.ws.transport.abort()
 
 
 def _response(status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8",
@@ -231,7 +237,7 @@ class Server:
             select_subprotocol=self._select_subprotocol, create_connection=_Connection,
             compression=None,  # deflate on PCM costs a lot of CPU and saves little
             max_size=s.max_message_bytes, max_queue=16, open_timeout=10, ping_interval=20, ping_timeout=20,
-            close_timeout=5, server_header=f"voxws/{__version__}",
+            close_timeout=CLOSE_TIMEOUT_S, server_header=f"voxws/{__version__}",
         )
         sock = next(iter(self._ws.sockets))
         self.port = sock.getsockname()[1]
@@ -243,9 +249,12 @@ class Server:
         log.info("listening", url=f"http://{s.host}:{self.port}/", ws=f"ws://{s.host}:{self.port}{WS_PATH}",
                  engine=self.engine.name, group=s.group, capacity=self.admission.capacity)
 
-    async def _extend_start_timeout(self) -> None:
-        while True:
-            sdnotify.notify("EXTEND_TIMEOUT_USEC=60000000")
+    async def _extend_start_timeout(self, limit_s: float = 20 * 60) -> None:
+        # Keeps a short TimeoutStartSec from killing a slow load, but never beyond limit_s in all,
+        # so a load that hangs off the event loop still times out.
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end:
+            sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(min(60, end - time.monotonic()) * 1e6)}")
             await asyncio.sleep(20)
 
     async def _watchdog(self) -> None:
@@ -254,7 +263,7 @@ class Server:
             return
         while True:  # proves the event loop turns; a hung loop gets SIGABRT from systemd
             sdnotify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(interval)  # already half of WATCHDOG_USEC
 
     async def _tick(self) -> None:
         while True:

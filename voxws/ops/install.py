@@ -181,7 +181,7 @@ def install(files: dict[str, str], root: Path = Path("/"), force: bool = False, 
                            "overwritten; nothing was changed. Keep them, or pass --force to replace them:\n  "
                            + "\n  ".join(conflicts))
 
-    # 3. User, units, env files (0640 root:<user's group>: secrets such as token paths live there).
+    # 3. User, units, env files (0640 root:<user group>: the service user may read them, others not).
     ensure_user(layout, user, say)
     for name in (UNIT, TARGET):
         _put(layout.unit_dir / name, files[f"systemd/{name}"], 0o644, -1, say)
@@ -236,11 +236,11 @@ def uninstall(root: Path = Path("/"), purge: bool = False, user: str | None = No
     user = user or (unit_setting(unit_file.read_text(), "User") if unit_file.is_file() else None) or "voxcpm"
     instances = [f"voxcpm@{g}.service" for g in installed_groups(layout)]
     if unit_file.exists() or (layout.unit_dir / TARGET).exists():
-        if layout.live and systemd_running():
-            # stop waits for each group's drain (stopping the target alone would not).
-            run(["systemctl", "disable", "--now", TARGET, *instances], say, check=False)
-        else:
-            run(systemctl(layout, "disable", TARGET, *instances), say, check=False)
+        # --now: stop waits for each group's drain (stopping the target alone would not).
+        now = ["--now"] if layout.live and systemd_running() else []
+        p = run(systemctl(layout, "disable", *now, TARGET, *instances), say, check=False)
+        if p.returncode:
+            say(f"warning: systemctl disable: {(p.stderr or p.stdout).strip()}")
     removed = [p for p in (unit_file, layout.unit_dir / TARGET, *layout.env_dir.glob("*.env")) if p.exists()]
     conf = layout.sysusers(user)
     if conf.is_file() and conf.read_text().startswith(SYSUSERS_MARK):
