@@ -126,6 +126,7 @@ def test_parse_never_raises_on_noise() -> None:
             assert msg is not None and msg.type == "speak" and msg.text == frame
 
     one()
+    print(f"fuzz parse_noise: {fed}")
     assert fed >= 1500
 
 
@@ -144,6 +145,7 @@ def test_parse_nearly_valid_objects() -> None:
                 assert msg.text == obj["text"]
 
     one()
+    print(f"fuzz parse_objects: {fed}")
     assert fed >= 2000
 
 
@@ -164,4 +166,5 @@ def test_parse_damaged_objects() -> None:
         fed += len(batch)
 
     one()
+    print(f"fuzz parse_damaged: {fed}")
     assert fed >= 60_000, fed

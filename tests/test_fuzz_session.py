@@ -206,5 +206,5 @@ def test_session_state_machine_fuzz() -> None:
         structlog.configure(**old)
         loop.run_until_complete(engine.stop())
         loop.close()
-    print(f"session fuzz: {fed} messages")
+    print(f"fuzz session: {fed}")
     assert fed >= 25_000, fed

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from voxws.config import Settings
+from voxws.config import ConfigError, Settings, load
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
 from voxws.engines.nanovllm import MIN_BATCHED_TOKENS, Coalescer, NanoVllmEngine, TokenCounter
 
@@ -208,7 +208,7 @@ def model_dir(tmp_path: Path, skip: str | None = None) -> str:
 
 
 def make(tmp_path: Path, *, devices: tuple[int, ...] = (0,), max_model_len: int = 2048,
-         max_num_seqs: int = 128, coalescer: Coalescer | None = None,
+         max_num_seqs: int = 128, coalescer: Coalescer | None = None, bench_steps: int | None = None,
          **pool_kw: Any) -> tuple[NanoVllmEngine, dict[str, Any]]:
     seen: dict[str, Any] = {}
 
@@ -218,7 +218,8 @@ def make(tmp_path: Path, *, devices: tuple[int, ...] = (0,), max_model_len: int 
         return seen["pool"]
 
     s = Settings(engine="nanovllm", model_path=model_dir(tmp_path), devices=devices,
-                 max_model_len=max_model_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=0.5)
+                 max_model_len=max_model_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=0.5,
+                 bench_steps=bench_steps)
     return NanoVllmEngine(s, pool_factory=factory, tokenizer=FakeTokenizer(), watch_interval_s=0.05,
                           coalescer=coalescer), seen
 
@@ -332,12 +333,9 @@ async def test_worker_start_failure_keeps_the_last_line(tmp_path: Path) -> None:
     assert seen["pool"].stopped
 
 
-@aio
-async def test_bad_bench_steps_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOXWS_BENCH_STEPS", "zero")
-    e, _ = make(tmp_path)
-    with pytest.raises(EngineStartError, match="VOXWS_BENCH_STEPS=zero: must be a positive integer"):
-        await e.start()
+def test_bad_bench_steps_is_refused() -> None:
+    with pytest.raises(ConfigError, match="VOXWS_BENCH_STEPS=zero: must be a positive integer"):
+        load({"VOXWS_ENGINE": "synthetic", "VOXWS_BENCH_STEPS": "zero"})
 
 
 def test_module_imports_without_torch() -> None:
@@ -393,9 +391,8 @@ async def test_generate_passes_the_request_through(tmp_path: Path) -> None:
 
 
 @aio
-async def test_bench_steps_caps_every_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VOXWS_BENCH_STEPS", "3")
-    e, seen = make(tmp_path)
+async def test_bench_steps_caps_every_request(tmp_path: Path) -> None:
+    e, seen = make(tmp_path, bench_steps=3)
     await e.start()
     try:
         assert len(await collect(e, req(steps=400))) == 3

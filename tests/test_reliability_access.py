@@ -160,6 +160,15 @@ def test_token_and_text_never_appear_in_the_log(token_file: str) -> None:
             target = kw.pop("uri", u)
             status = await status_of(target, **kw)  # type: ignore[arg-type]
             assert status in (401, 403)
+        # A handshake the websockets library itself rejects (a malformed subprotocol list holding the
+        # token, the token in the URL too): answered 400, and its error path logs no header either.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write((f"GET /v1/tts?token={TOKEN} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: voxws.v1, bearer.{TOKEN}, a//b\r\n"
+                      "\r\n").encode())
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 400")
+        writer.close()
 
     env = {"VOXWS_AUTH_TOKEN_FILE": token_file, "VOXWS_ALLOWED_ORIGINS": "https://app.example.com",
            "VOXWS_SYNTHETIC_STEP_BASE_MS": "2", "VOXWS_MAX_TEXT_CHARS": "1000"}

@@ -5,6 +5,7 @@ and close 1008, and a client that never reads again is dropped without waiting f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -14,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import running, url
 from tests.wsclient import collect, open_ws
 from voxws.engines.synthetic import CHUNK
-from voxws.session import Session
+from voxws.session import CONTROL_BACKLOG, Session
 
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 HUGE = "长" * 2000  # 500 s of audio: far more than the socket buffers hold
@@ -106,5 +107,31 @@ def test_a_client_that_never_reads_again_is_disconnected() -> None:
             await until(lambda: not srv.shared.sessions, timeout=20)
             assert srv.engine.running == 0
             slow.transport.abort()
+
+    run(scenario())
+
+
+def test_a_client_that_floods_messages_and_reads_no_replies_is_a_slow_consumer() -> None:
+    """Each message gets a reply (a pong, an error, `rate_limited`): unread replies are bounded too."""
+
+    async def scenario() -> None:
+        async with running(**FAST) as srv:
+            other, _ = await open_ws(url(srv))
+            ws, _ = await open_ws(url(srv), max_queue=1)
+            sent = 0
+            with contextlib.suppress(ConnectionClosed):
+                while srv.metrics.slow_consumers._value.get() == 0 and sent < 2_000_000:
+                    for _ in range(500):
+                        await ws.send(b"\x00")
+                    sent += 500
+            assert srv.metrics.slow_consumers._value.get() == 1
+            for s in srv.shared.sessions:
+                assert len(s.control) <= CONTROL_BACKLOG + 2
+            await until(lambda: len(srv.shared.sessions) == 1)
+            await other.send(json.dumps({"type": "speak", "text": "我没事。", "context": "o"}))
+            streams, _ = await collect(other)
+            assert streams["o"].end["type"] == "done"
+            await other.close()
+            ws.transport.abort()
 
     run(scenario())

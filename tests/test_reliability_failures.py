@@ -68,7 +68,7 @@ def test_engine_failure_of_one_request_fails_that_context_only() -> None:
             await a.send(json.dumps({"type": "speak", "text": "FAILME 第二句。", "context": "a2"}))
             await a.send(json.dumps({"type": "speak", "text": tail, "context": "a3"}))
             await a.send(json.dumps({"type": "speak", "text": "第四句。", "context": "a4"}))
-            streams, log = await collect(a, 4)
+            streams, _ = await collect(a, 4)
             assert streams["a1"].end["type"] == "done" and streams["a4"].end["type"] == "done"
             assert streams["a2"].end["code"] == "engine_error" and streams["a2"].start is None
             # A later segment failed: the audio that went out stays, the error ends the context.
@@ -160,7 +160,7 @@ def test_a_dead_engine_fails_every_context_closes_1011_and_turns_readyz_red() ->
                     await ws.send(json.dumps({"type": "speak", "text": LONG, "context": f"c{i}-{j}"}))
             logs = await asyncio.gather(*(read_to_close(ws) for ws in [idle, *clients]))
             assert idle.close_code == 1011 and not [m for m in logs[0] if m["type"] == "error"]
-            for i, (ws, log) in enumerate(zip(clients, logs[1:])):
+            for i, (ws, log) in enumerate(zip(clients, logs[1:], strict=True)):
                 assert ws.close_code == 1011
                 errors = [m for m in log if m["type"] == "error"]
                 assert sorted(m["context"] for m in errors) == [f"c{i}-0", f"c{i}-1"]  # each once
@@ -184,7 +184,7 @@ def test_voxws_serve_exits_non_zero_when_the_engine_dies() -> None:
         for i, ws in enumerate(socks):
             await ws.send(json.dumps({"type": "speak", "text": LONG, "context": f"k{i}"}))
         logs = await asyncio.gather(*(read_to_close(ws) for ws in socks))
-        return [(ws.close_code, log) for ws, log in zip(socks, logs)]
+        return [(ws.close_code, log) for ws, log in zip(socks, logs, strict=True)]
 
     env = {"VOXWS_SYNTHETIC_CRASH_AFTER_STEPS": "60", "VOXWS_SYNTHETIC_STEP_BASE_MS": "10"}
     with serve_process(env) as (proc, port):

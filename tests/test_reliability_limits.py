@@ -173,14 +173,17 @@ def test_idle_socket_gets_idle_timeout_and_close_1000_but_a_streaming_one_does_n
     run(scenario())
 
 
-def test_rate_limit_answers_rate_limited_and_the_socket_recovers() -> None:
+@pytest.mark.parametrize("frame", ['{"type":"ping"}', b"\x00"])
+def test_rate_limit_answers_rate_limited_and_the_socket_recovers(frame: str | bytes) -> None:
+    answer = "pong" if isinstance(frame, str) else "bad_message"  # binary frames count as messages too
+
     async def scenario() -> None:
         async with running(**FAST, rate_limit_per_s=5) as srv:
             ws, _ = await open_ws(url(srv))
             for _ in range(40):
-                await ws.send('{"type":"ping"}')
+                await ws.send(frame)
             replies = [await next_json(ws) for _ in range(40)]
-            pongs = sum(1 for r in replies if r["type"] == "pong")
+            pongs = sum(1 for r in replies if r["type"] == answer or r.get("code") == answer)
             limited = [r for r in replies if r.get("code") == "rate_limited"]
             assert pongs + len(limited) == 40
             assert 10 <= pongs < 40 and limited  # the burst (2 x rate) passes, the rest is refused

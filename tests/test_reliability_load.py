@@ -7,11 +7,11 @@ import asyncio
 import json
 import time
 
+import numpy as np
+
 from tests.conftest import running, url
 from tests.wsclient import open_ws
 from voxws.engines.synthetic import natural_steps, read_mark, tag_hash
-
-import numpy as np
 
 
 def run(coro):  # type: ignore[no-untyped-def]

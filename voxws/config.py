@@ -144,6 +144,9 @@ FIELDS: tuple[Field, ...] = (
     Field("synthetic_crash_after_steps", "VOXWS_SYNTHETIC_CRASH_AFTER_STEPS", _opt_int, None,
           "a positive integer", lambda v: v is None or v > 0,
           "synthetic engine: a worker dies after this many steps"),
+    Field("bench_steps", "VOXWS_BENCH_STEPS", _opt_int, None, "a positive integer",
+          lambda v: v is None or v > 0,
+          "benchmarks with random weights only: every request generates exactly this many steps"),
 )
 FIELD_BY_ENV = {f.env: f for f in FIELDS}
 
@@ -178,6 +181,7 @@ class Settings:
     synthetic_step_per_seq_ms: float = 0.53
     synthetic_fail_marker: str | None = None
     synthetic_crash_after_steps: int | None = None
+    bench_steps: int | None = None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

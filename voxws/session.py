@@ -30,6 +30,7 @@ from voxws.protocol import Message, ProtocolError
 
 log = structlog.get_logger("voxws.session")
 _ids = itertools.count(1)
+CONTROL_BACKLOG = 1024  # unsent JSON replies a socket may pile up before it is a slow consumer
 
 
 class Transport(Protocol):
@@ -130,6 +131,9 @@ class Session:
 
     def handle_binary(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if not self._take_token():  # binary frames count too: each one would get a reply
+            self._error(ProtocolError("rate_limited", f"over {self.s.rate_limit_per_s:g} messages per second"))
+            return
         self._error(ProtocolError("bad_message", "binary frames are audio only, server to client"))
 
     def handle_text(self, frame: str) -> None:
@@ -294,11 +298,11 @@ class Session:
 
     def _push(self, ctx: Context, data: bytes) -> None:
         """An encoded frame is ready (called by the producer)."""
-        if ctx.outcome is not None and ctx.outcome.kind == "cancelled":
-            return
+        if self.closed or (ctx.outcome is not None and ctx.outcome.kind == "cancelled"):
+            return  # a chunk that was already on its way when the context or the socket ended
         ctx.frames.append(data)
         ctx.queued_samples += len(data) // ctx.encoder.bytes_per_sample
-        if ctx is self.order[0]:
+        if self.order and ctx is self.order[0]:
             self.wake.set()
             if ctx.queued_seconds > self.s.max_unsent_audio_s:
                 self.slow_consumer(f"over {self.s.max_unsent_audio_s:g} s of audio unread")
@@ -391,6 +395,9 @@ class Session:
     def _send(self, frame: str) -> None:
         self.control.append(frame)
         self.wake.set()
+        if len(self.control) > CONTROL_BACKLOG:
+            # A client that floods messages and reads no replies: its replies are unsent data too.
+            self.slow_consumer(f"over {CONTROL_BACKLOG} replies unread")
 
     def _error(self, e: ProtocolError) -> None:
         self.shared.metrics.errors.labels(code=e.code).inc()

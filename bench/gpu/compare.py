@@ -178,6 +178,9 @@ def main() -> None:
                 vox_docs.append(json.load(f))
         except (OSError, ValueError) as e:
             print(f"compare: skipping {p}: {e}", file=sys.stderr)
+    for d in vox_docs:  # every frame is one engine step of the same size: keep arrival times only
+        for r in d.get("requests", []):
+            r.pop("frames_bytes", None)
     vox_records = [r for d in vox_docs for r in d.get("requests", [])]
     raw_levels = side(raw["requests"])
     for b in raw["bursts"]:  # card memory per level: peak over its bursts

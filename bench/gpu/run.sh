@@ -79,7 +79,6 @@ fi
 
 if [[ -n "${MODEL:-}" ]]; then
   stage "model: $MODEL (given)"
-  [[ -n "${BENCH_STEPS:-}" ]] || STEPS_NOTE="natural"
 else
   stage "model: full-size VoxCPM 1.5, random weights, stop head off"
   MODEL=$WORK/model

@@ -40,7 +40,9 @@ async def one(pool, rid: int, level: int, rnd: int, text: str, steps: int, t0: f
         err = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     end = clock()
     return {
-        "id": rid, "level": level, "round": rnd, "ok": err is None and len(frames) == steps, "error": err,
+        # ok: no error and audio; complete: every step ran (always, with the stop head forced off)
+        "id": rid, "level": level, "round": rnd, "ok": err is None and bool(frames), "error": err,
+        "complete": len(frames) == steps,
         "sent_s": sent - t0, "first_frame_s": (frames[0] - t0) if frames else None, "end_s": end - t0,
         "ttfb_ms": (frames[0] - sent) * 1000 if frames else None, "frames": len(frames),
         "audio_s": samples / rate, "frames_ms": [round((t - sent) * 1000, 3) for t in frames],

@@ -34,7 +34,6 @@ import numpy as np
 from voxws.config import Settings
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
 
-BENCH_STEPS_ENV = "VOXWS_BENCH_STEPS"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # one of them, plus tokenizer_config.json
 MIN_BATCHED_TOKENS = 16384  # the engine's default; must also be >= max_model_len
 
@@ -144,16 +143,7 @@ def bench_steps(settings: Settings) -> int | None:
 
     A random model's stop head is forced off, so without this cap every request would run to
     the server's runaway cap instead of the benchmark's fixed audio length."""
-    value = getattr(settings, "bench_steps", None)
-    if value is not None:
-        return int(value)
-    raw = os.environ.get(BENCH_STEPS_ENV, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise EngineStartError(f"{BENCH_STEPS_ENV}={raw}: must be a positive integer "
-                               "(steps per request, benchmarks with random weights only)")
-    return int(raw)
+    return settings.bench_steps
 
 
 def chunk_samples_of(cfg: dict[str, Any]) -> int:
