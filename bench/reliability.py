@@ -640,7 +640,11 @@ def scenario_soak(args: argparse.Namespace) -> dict[str, Any]:
     a, b = win(first, 0, window), win(last, duration - window, duration + 1)
     p99_change = (b["ttfb_ms"]["p99"] - a["ttfb_ms"]["p99"]) / a["ttfb_ms"]["p99"]
     rss_change = (b["rss_mb"] - a["rss_mb"]) / a["rss_mb"]
+    minutes = [win([r for r in records if k * 60 <= r[0] < (k + 1) * 60], k * 60, (k + 1) * 60)
+               for k in range(max(1, int(duration // 60)))]
     return {"duration_s": duration, "window_s": window, "capacity": seqs, "lanes": lanes,
+            "per_minute": [{"ttfb_p99_ms": m["ttfb_ms"]["p99"], "rss_mb": m["rss_mb"], "requests": m["requests"]}
+                           for m in minutes],
             "requests": len(records), "failed": sum(1 for r in records if not r[2]), "first": a, "last": b,
             "ttfb_p99_change": p99_change, "rss_change": rss_change, "server_cpu_share": cpu / duration,
             "pass": not any(not r[2] for r in records) and p99_change < 0.25 and rss_change < 0.10}
@@ -725,7 +729,9 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{fmt(a['ttfb_ms']['p99'])} -> {fmt(b['ttfb_ms']['p99'])} ms ({r['ttfb_p99_change']:+.1%}), "
                     f"p50 {fmt(a['ttfb_ms']['p50'])} -> {fmt(b['ttfb_ms']['p50'])} ms; RSS "
                     f"{a['rss_mb']:.1f} -> {b['rss_mb']:.1f} MB ({r['rss_change']:+.1%}); tasks "
-                    f"{a['tasks_max']} -> {b['tasks_max']}", ok(r)))
+                    f"{a['tasks_max']} -> {b['tasks_max']}"
+                    + (f"; RSS by minute {', '.join(fmt(m['rss_mb'], '.1f') for m in r['per_minute'])} MB"
+                       if len(r.get("per_minute", [])) > 2 else ""), ok(r)))
     return out
 
 

@@ -122,7 +122,7 @@ def test_every_run_is_bounded_by_max_duration(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = _doc(tmp_path, "lengths")
     assert doc["status"]["timed_out"] is True
-    assert elapsed < 60
+    assert elapsed < 120  # stopped by itself, long before its 50 rounds of ~3 s
     assert doc["overall"]["ok"] >= 1
 
 

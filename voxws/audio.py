@@ -50,10 +50,16 @@ def mulaw_decode(data: bytes | np.ndarray) -> np.ndarray:
     return _MULAW_DECODE[codes]
 
 
+def _finite(y: np.ndarray) -> np.ndarray:
+    # NaN would become -32768 (a click); one sum finds it, much cheaper than nan_to_num on every chunk.
+    if np.isnan(y.sum()):
+        np.nan_to_num(y, copy=False, nan=0.0)
+    return y
+
+
 def _to_s16(x: np.ndarray) -> np.ndarray:
-    y = np.clip(x, -1.0, 1.0)
-    np.nan_to_num(y, copy=False, nan=0.0)
-    y *= 32767.0
+    y = _finite(np.multiply(x, 32767.0, dtype=np.float32))
+    np.clip(y, -32767.0, 32767.0, out=y)
     return np.rint(y, out=y).astype("<i2")
 
 
@@ -84,8 +90,8 @@ class Encoder:
         if self.fmt == "pcm_s16le":
             return _to_s16(x).tobytes()
         if self.fmt == "pcm_f32le":
-            y = np.clip(x, -1.0, 1.0).astype("<f4", copy=False)
-            return np.nan_to_num(y, copy=False, nan=0.0).tobytes()
+            y = _finite(np.array(x, dtype="<f4"))
+            return np.clip(y, -1.0, 1.0, out=y).tobytes()
         return mulaw_encode(_to_s16(x)).tobytes()
 
     def encode(self, chunk: np.ndarray) -> bytes:

@@ -51,6 +51,8 @@ class Context:
     queued_samples: int = 0  # encoded, not yet sent (output rate)
     sent_samples: int = 0
     chunks: int = 0
+    chunks_counted: int = 0  # already added to the Prometheus counters (they are updated in batches)
+    samples_counted: int = 0
     text_chars: int = 0
     segment_count: int = 0  # segments submitted to the engine
     enqueued: int = 0  # segments cut from the text so far

@@ -54,11 +54,13 @@ class _Connection(ServerConnection):
 
     def __init__(self, proto, *args, **kwargs):  # type: ignore[no-untyped-def]
         fail = proto.fail
+        self.refused_code: str | None = None  # counted and logged by the handler when the socket ends
 
         def fail_with_message(code: int, reason: str = "") -> None:
             if proto.state is State.OPEN and code in (CloseCode.MESSAGE_TOO_BIG, CloseCode.INVALID_DATA):
                 err = ("message_too_big", f"frame over the limit ({reason})") \
                     if code == CloseCode.MESSAGE_TOO_BIG else ("bad_message", f"text frame is not UTF-8 ({reason})")
+                self.refused_code = err[0]
                 proto.send_text(protocol.error(*err).encode())
             fail(code, reason)
 
@@ -216,6 +218,10 @@ class Server:
                 failed = True
                 session.log.error("connection_failed", error=repr(e))
         finally:
+            refused = getattr(ws, "refused_code", None)
+            if refused:  # refused by the library's frame checks (1009, 1007): one line and a count, as any refusal
+                self.metrics.errors.labels(code=refused).inc()
+                session.log.info("refused", code=refused, close=ws.close_code)
             await session.finish()
             if failed:  # say so: returning from the handler would close 1000, as if all went well
                 await ws.close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -83,8 +83,7 @@ class Session:
         self._tokens_at = time.monotonic()
         self.writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Future[None] | None = None
-        m = shared.metrics
-        self._m_audio, self._m_chunks, self._m_ttfb = m.audio_seconds, m.chunks, m.ttfb
+        self._m_ttfb = shared.metrics.ttfb
 
     # -- lifecycle -------------------------------------------------------
 
@@ -168,7 +167,7 @@ class Session:
         clean = self._check_text(msg.text, cid, already=0)
         ctx = self._open(cid, msg, incremental=False)
         ctx.text_chars = len(clean)
-        self._enqueue(ctx, clean)
+        self._enqueue(ctx, clean, normalized=True)
         ctx.segments.put_nowait(None)
         ctx.input_ended = True
 
@@ -231,7 +230,10 @@ class Session:
         return sizing.positions(piece, self.shared.engine.count_tokens)
 
     def _segments(self, clean: str) -> list[str]:
-        return text.split_segments(clean, self.shared.engine.max_model_len, count_tokens=self._cost)
+        limit = self.shared.engine.max_model_len
+        if self._cost(clean) <= limit:
+            return [clean]  # the common case, without the splitter's search (a quarter of a speak's CPU)
+        return text.split_segments(clean, limit, count_tokens=self._cost)
 
     def _open(self, cid: str, msg: Message, incremental: bool) -> Context:
         if self.shared.draining:
@@ -264,8 +266,8 @@ class Session:
             raise ProtocolError("unknown_context", f"no open incremental context {cid!r}", cid)
         return ctx
 
-    def _enqueue(self, ctx: Context, piece: str) -> None:
-        clean = text.normalize(piece)
+    def _enqueue(self, ctx: Context, piece: str, normalized: bool = False) -> None:
+        clean = piece if normalized else text.normalize(piece)
         if text.is_speakable(clean):
             for seg in self._segments(clean):
                 ctx.segments.put_nowait(seg)
@@ -383,6 +385,8 @@ class Session:
 
     def _account(self, ctx: Context, outcome: str) -> None:
         m = self.shared.metrics
+        m.chunks.inc(ctx.chunks - ctx.chunks_counted)
+        m.audio_seconds.inc((ctx.sent_samples - ctx.samples_counted) / ctx.out_rate)
         m.contexts_active.dec()
         m.contexts.labels(outcome=outcome if outcome in ("done", "cancelled", "disconnected") else "error").inc()
         if outcome not in ("done", "cancelled", "disconnected"):
@@ -433,8 +437,11 @@ class Session:
         send = self.t.send
         control, order = self.control, self.order
         while True:
+            # send_started lets tick() see a write blocked on a client that stopped reading.
+            self.send_started = None
             if control:
-                await self._timed(send(control.popleft()))
+                self.send_started = time.monotonic()
+                await send(control.popleft())
                 continue
             if self.close_code is not None:
                 code, reason = self.close_code
@@ -443,37 +450,37 @@ class Session:
             if order:
                 head = order[0]
                 if head.frames:
+                    self.send_started = time.monotonic()
                     if not head.started:
                         head.started = True
-                        await self._timed(send(protocol.start(head.id, head.options.format, head.out_rate)))
+                        await send(protocol.start(head.id, head.options.format, head.out_rate))
                     data = head.frames.popleft()
                     n = len(data) // head.encoder.bytes_per_sample
                     head.queued_samples -= n
-                    await self._timed(send(data))
+                    await send(data)
                     head.sent_samples += n
                     head.chunks += 1
                     if head.first_frame_at is None:
                         head.first_frame_at = time.perf_counter()
                         self._m_ttfb.observe(head.first_frame_at - head.opened_at)
-                    self._m_chunks.inc()
-                    self._m_audio.inc(n / head.out_rate)
                     continue
                 if head.outcome is not None:
                     self._retire(head)
-                    await self._timed(send(self._final_frame(head)))
+                    self.send_started = time.monotonic()
+                    await send(self._final_frame(head))
                     if self.shared.draining and not self.contexts:
                         self.close(1001, "server draining")
                     continue
             self.wake.clear()
             await self.wake.wait()
 
-    async def _timed(self, aw: object) -> None:
-        self.send_started = time.monotonic()
-        await aw  # type: ignore[misc]
-        self.send_started = None
-
     def tick(self, now: float) -> None:
-        """Called about once a second: idle and stalled-writer checks."""
+        """Called about twice a second: metrics of long streams, idle and stalled-writer checks."""
+        m = self.shared.metrics
+        for ctx in self.order:
+            m.chunks.inc(ctx.chunks - ctx.chunks_counted)
+            m.audio_seconds.inc((ctx.sent_samples - ctx.samples_counted) / ctx.out_rate)
+            ctx.chunks_counted, ctx.samples_counted = ctx.chunks, ctx.sent_samples
         if self.send_started is not None and now - self.send_started > self.s.stall_timeout_s:
             # Checked while closing too: a client that stopped reading must not hold its socket (and its
             # audio) until TCP keepalive gives up.

@@ -33,6 +33,7 @@ import numpy as np
 
 from voxws.config import Settings
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+from voxws.engines.coalesce import Coalescer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # one of them, plus tokenizer_config.json
 MIN_BATCHED_TOKENS = 16384  # the engine's default; must also be >= max_model_len
@@ -64,47 +65,6 @@ class TokenCounter:
             clean = token.replace("▁", "")
             n += len(clean) if clean in self.multichar else 1
         return n + 1  # + the audio-start token
-
-
-class Coalescer:
-    """Hands requests that arrive close together to the pool in one event-loop turn.
-
-    A worker that is between steps takes the commands already queued (or, when idle, those
-    arriving within NANOVLLM_QUEUE_COALESCE_MS = 2 ms of the first) into one prefill. A
-    burst of speaks reaches the engine spread over the server's handling of each socket
-    (tens of ms for 128); each slice that beats the worker became its own prefill step,
-    and every prefill step stalls every stream's decode. Measured on the H100 at 128
-    clients: three prefill waves, TTFB p50 275 ms against the raw engine's 174 ms. Holding
-    each request until `quiet_s` passes with no new arrival (at most `max_hold_s` after the
-    first) costs a lone request `quiet_s` and gives a burst one prefill, as the raw engine's.
-    """
-
-    def __init__(self, quiet_s: float = 0.002, max_hold_s: float = 0.010):
-        self.quiet_s = quiet_s
-        self.max_hold_s = max_hold_s
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._first = 0.0
-
-    async def wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if not self._waiters:
-            self._first = now
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = max(0.0, min(self.quiet_s, self._first + self.max_hold_s - now))
-        self._timer = loop.call_later(delay, self._release)
-        await fut  # a cancelled waiter is simply skipped by _release
-
-    def _release(self) -> None:
-        self._timer = None
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
 
 def check_model_dir(path: str | None) -> dict[str, Any]:

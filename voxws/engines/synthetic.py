@@ -32,12 +32,14 @@ import numpy as np
 from voxws import sizing
 from voxws.config import Settings
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+from voxws.engines.coalesce import Coalescer
 
 SAMPLE_RATE = 44100
 CHUNK = 7056  # 4 latent frames x 1764 samples = 0.16 s
 MARK_MAGIC = 0x2A5A  # 14-bit values, each written as two 7-bit samples:
 _MARK_SCALE = 1.0 / 32768  # exact through s16, since round(v / 32768 * 32767) == v for v < 2**14
 _MARK_FIELDS = 6
+COALESCE_S = 0.002
 _PITCHES = np.arange(20, 68)  # x 6.25 Hz: 125-419 Hz
 
 
@@ -156,6 +158,9 @@ class _Worker:
                 self._emit_cost = 0.0
                 self.wake.clear()
                 await self.wake.wait()
+                # An idle nano-vllm worker gathers a burst for 2 ms before its first step
+                # (NANOVLLM_QUEUE_COALESCE_MS), so a burst is prefilled as one batch.
+                await asyncio.sleep(COALESCE_S)
                 continue
             # The step's compute, then its outputs; a sequence cancelled meanwhile gets nothing.
             await asyncio.sleep(max(0.0, base + per_seq * len(batch) - self._emit_cost))
@@ -200,6 +205,7 @@ class SyntheticEngine:
         self.num_workers = len(settings.devices)
         self._workers: list[_Worker] = []
         self._dead: str | None = None
+        self._coalescer = Coalescer()  # as the nano-vllm adapter: a burst becomes one prefill
 
     async def start(self) -> None:
         if self._workers:
@@ -265,6 +271,9 @@ class SyntheticEngine:
             seg = int(tail) if tail.isdigit() else 0
         seq = _Seq(request.text or " ", max(1, min(natural_steps(request.text), request.max_generate_length)),
                    request.tag, seg & 0x3FFF)
+        await self._coalescer.wait()
+        if self._dead:
+            raise EngineDead(self._dead)
         worker = min(self._workers, key=lambda w: w.load)  # the pool routes to the least loaded worker
         worker.add(seq)
         try:

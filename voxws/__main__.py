@@ -1,0 +1,5 @@
+"""`python -m voxws serve` = `voxws serve`."""
+
+from voxws.cli import app
+
+app()
