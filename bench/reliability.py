@@ -236,7 +236,7 @@ def run_pytest(files: list[str]) -> dict[str, Any]:
 
 def scenario_fuzz(args: argparse.Namespace) -> dict[str, Any]:
     r = run_pytest(["tests/test_fuzz_protocol.py", "tests/test_fuzz_session.py"])
-    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^fuzz (\w+): (\d+)", r["stdout"], re.M)}
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"fuzz (\w+): (\d+)", r["stdout"])}
     total = sum(counts.values())
     return {"ok": r["ok"], "wall_s": r["wall_s"], "summary": r["summary"], "counts": counts, "total": total,
             "pass": r["ok"] and total >= 100_000}
@@ -506,7 +506,7 @@ def scenario_slow(args: argparse.Namespace) -> dict[str, Any]:
     per_client = (r["peak"] - r["rss0"]) / n
     bound = unsent_s * 44100 * 2 + 4 * 2**20  # the unsent-audio limit + socket buffers and slack
     return {"clients": n, "max_unsent_audio_s": unsent_s, "all_cut_off_s": r["cut_s"],
-            "all_disconnected_s": r["gone_s"], "close_codes": sorted(set(c for c in r["close_codes"] if c)),
+            "all_disconnected_s": r["gone_s"], "close_codes": sorted({int(c) for c in r["close_codes"] if c}),
             "rss_peak_growth_per_client_mb": per_client / 2**20, "rss_bound_per_client_mb": bound / 2**20,
             "pass": per_client <= bound and set(r["close_codes"]) <= {1008, 1006}}
 
@@ -567,7 +567,7 @@ def scenario_crash(args: argparse.Namespace) -> dict[str, Any]:
     red = next((t for t, s in readyz if t >= crash - 0.05 and s != 200), None)
     return {"clients": n, "contexts": 2 * n, "every_context_got_engine_error": every,
             "engine_error_after_crash_ms": stats_ms(err_lat),
-            "close_codes": sorted({r["close_code"] for r in results}),
+            "close_codes": sorted({int(r["close_code"]) for r in results if r["close_code"]}),
             "readyz_red_after_ms": None if red is None else (red - crash) * 1000,
             "exit_status": code, "exit_after_crash_s": exited - crash,
             "pass": every and max(err_lat) < 1.0 and code != 0 and {r["close_code"] for r in results} == {1011}}

@@ -99,6 +99,8 @@ def _kind(ch: str) -> int:
     return 4 + min(4, len(ch.encode("utf-8", "surrogatepass")))  # rare symbol / emoji: byte fallback
 
 
+# Memoised: the server asks for the same segment's figures several times on the way to the engine.
+@functools.lru_cache(maxsize=2048)
 def estimate_tokens(text: str) -> int:
     """Text tokens of `text` (no audio-start token). See the module doc for the rule."""
     tokens = latin = other = 0  # latin/other: letters in the current word run
@@ -134,6 +136,7 @@ def estimate_seconds(text: str) -> float:
     return _speech_centiseconds(text) / 100
 
 
+@functools.lru_cache(maxsize=2048)
 def estimate_steps(text: str) -> int:
     """Engine steps natural speech of `text` takes (at least one)."""
     # Integer arithmetic: centiseconds x 6.25 / 100 = centiseconds / 16.
