@@ -596,7 +596,7 @@ def scenario_soak(args: argparse.Namespace) -> dict[str, Any]:
     texts = [SHORT, "你好，欢迎使用语音合成服务。", "The quick brown fox jumps over the lazy dog.",
              "一二三四五六七八九十，十九八七六五四三二一。"]
     records: list[tuple[float, float | None, bool]] = []  # (start since t0, ttfb, ok)
-    samples: list[tuple[float, int, int | None]] = []  # (t, rss, tasks)
+    samples: list[tuple[float, int, int | None, float]] = []  # (t, rss, tasks, CPU s of other processes)
 
     async def lane(srv: ServerProc, k: int, t0: float) -> None:
         i = 0
@@ -625,9 +625,15 @@ def scenario_soak(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await ws.close()
 
+    def other_cpu_s(srv: ServerProc) -> float:
+        """CPU seconds the machine spent outside the server and this client: other jobs disturb TTFB."""
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        return float(busy - srv.cpu_s() - time.process_time())
+
     async def sampler(srv: ServerProc, t0: float) -> None:
         while _clock() - t0 < duration:
-            samples.append((_clock() - t0, srv.rss(), srv.probe().get("tasks")))
+            samples.append((_clock() - t0, srv.rss(), srv.probe().get("tasks"), other_cpu_s(srv)))
             await asyncio.sleep(2.0)
 
     async def go(srv: ServerProc) -> None:
@@ -645,8 +651,10 @@ def scenario_soak(args: argparse.Namespace) -> dict[str, Any]:
         ttfb = [r[1] for r in rs if r[1] is not None]
         rss = [s[1] for s in samples if lo <= s[0] < hi]
         tasks = [s[2] for s in samples if lo <= s[0] < hi and s[2] is not None]
+        inside = [s for s in samples if lo <= s[0] < hi]
+        other = (inside[-1][3] - inside[0][3]) / (inside[-1][0] - inside[0][0]) if len(inside) > 1 else None
         return {"requests": len(rs), "ttfb_ms": stats_ms(ttfb), "rss_mb": float(np.mean(rss)) / 2**20 if rss else None,
-                "tasks_max": max(tasks) if tasks else None}
+                "tasks_max": max(tasks) if tasks else None, "other_cpu_cores": other}
 
     a, b = win(first, 0, window), win(last, duration - window, duration + 1)
     p99_change = (b["ttfb_ms"]["p99"] - a["ttfb_ms"]["p99"]) / a["ttfb_ms"]["p99"]
@@ -654,8 +662,8 @@ def scenario_soak(args: argparse.Namespace) -> dict[str, Any]:
     minutes = [win([r for r in records if k * 60 <= r[0] < (k + 1) * 60], k * 60, (k + 1) * 60)
                for k in range(max(1, int(duration // 60)))]
     return {"duration_s": duration, "window_s": window, "capacity": seqs, "lanes": lanes,
-            "per_minute": [{"ttfb_p99_ms": m["ttfb_ms"]["p99"], "rss_mb": m["rss_mb"], "requests": m["requests"]}
-                           for m in minutes],
+            "per_minute": [{"ttfb_p99_ms": m["ttfb_ms"]["p99"], "rss_mb": m["rss_mb"], "requests": m["requests"],
+                            "other_cpu_cores": m["other_cpu_cores"]} for m in minutes],
             "requests": len(records), "failed": sum(1 for r in records if not r[2]), "first": a, "last": b,
             "ttfb_p99_change": p99_change, "rss_change": rss_change, "server_cpu_share": cpu / duration,
             "pass": not any(not r[2] for r in records) and p99_change < 0.25 and rss_change < 0.10}
@@ -742,7 +750,9 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p50 {fmt(a['ttfb_ms']['p50'])} -> {fmt(b['ttfb_ms']['p50'])} ms; RSS "
                     f"{a['rss_mb']:.1f} -> {b['rss_mb']:.1f} MB ({r['rss_change']:+.1%}); tasks "
                     f"{a['tasks_max']} -> {b['tasks_max']}"
-                    + (f"; RSS by minute {', '.join(fmt(m['rss_mb'], '.1f') for m in r['per_minute'])} MB"
+                    + (f"; by minute: RSS {', '.join(fmt(m['rss_mb'], '.1f') for m in r['per_minute'])} MB, TTFB "
+                       f"p99 {', '.join(fmt(m['ttfb_p99_ms']) for m in r['per_minute'])} ms, CPU of other jobs "
+                       f"{', '.join(fmt(m.get('other_cpu_cores'), '.2f') for m in r['per_minute'])} cores"
                        if len(r.get("per_minute", [])) > 2 else ""), ok(r)))
     return out
 

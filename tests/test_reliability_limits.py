@@ -87,7 +87,7 @@ def test_contexts_per_socket() -> None:
         async with running(synthetic_step_base_ms=20, synthetic_step_per_seq_ms=0, max_contexts=2) as srv:
             ws, _ = await open_ws(url(srv))
             for cid in ("a", "b", "c"):
-                await ws.send(json.dumps({"type": "speak", "text": "一二三四五六七八", "context": cid}))
+                await ws.send(json.dumps({"type": "speak", "text": "一二三四五六七八" * 4, "context": cid}))
             streams, _ = await collect(ws, 3)
             assert streams["c"].end["code"] == "too_many_contexts"
             assert "2" in streams["c"].end["message"]
@@ -202,8 +202,9 @@ def test_admission_queue_full_answers_busy_with_retry_after() -> None:
         async with running(synthetic_step_base_ms=20, synthetic_step_per_seq_ms=0, max_num_seqs=2, max_queue=2,
                            devices=(0,)) as srv:
             ws, _ = await open_ws(url(srv))
+            text = "一二三四五六七八九十" * 4  # ~1.3 s per wave: all six arrive while the first two run
             for i in range(6):
-                await ws.send(json.dumps({"type": "speak", "text": "一二三四五六七八九十", "context": f"k{i}"}))
+                await ws.send(json.dumps({"type": "speak", "text": text, "context": f"k{i}"}))
             streams, _ = await collect(ws, 6)
             ends = {c: s.end for c, s in streams.items()}
             busy = [c for c, e in ends.items() if e["type"] == "error"]
@@ -213,7 +214,7 @@ def test_admission_queue_full_answers_busy_with_retry_after() -> None:
                 assert ends[c]["retry_after_ms"] > 0
             assert [streams[c].queued[0]["position"] for c in ("k2", "k3")] == [1, 2]
             for c in ("k0", "k1", "k2", "k3"):
-                assert ends[c]["type"] == "done" and ends[c]["chunks"] == natural_steps("一二三四五六七八九十")
+                assert ends[c]["type"] == "done" and ends[c]["chunks"] == natural_steps(text)
             assert srv.admission.in_use == 0 and srv.admission.queued == 0
             await ws.close()
 
