@@ -179,3 +179,28 @@ def test_every_format_and_rate_round_trips_a_1khz_tone() -> None:
             assert abs(dominant_hz(pcm, r) - 1000) < 5, (f, r, dominant_hz(pcm, r))
 
     asyncio.run(scenario())
+
+
+def test_a_real_time_reader_of_a_long_text_is_paced_not_cut_off() -> None:
+    """A client reading slower than the engine makes (a player pulling at playback speed) gets
+    each next segment once it has caught up, instead of a pile of audio and `slow_consumer`."""
+    body = article(400)
+
+    async def scenario() -> dict:
+        async with running(max_model_len=256, max_unsent_audio_s=30, synthetic_step_base_ms=0,
+                           synthetic_step_per_seq_ms=0) as srv:
+            ws, _ = await open_ws(url(srv))
+            await ws.send(json.dumps({"type": "speak", "text": body, "context": "rt"}))
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 60)
+                if isinstance(msg, bytes):
+                    await asyncio.sleep(0.16 / 50)  # reads at 50x real time; the engine makes far more
+                    continue
+                obj = json.loads(msg)
+                if obj["type"] in ("done", "error"):
+                    await ws.close()
+                    return obj
+
+    end = asyncio.run(scenario())
+    assert end["type"] == "done", end
+    assert end["segments"] > 3 and end["audio_ms"] > 60_000  # more than twice the limit, all delivered

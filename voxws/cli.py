@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 
 import typer
@@ -39,13 +40,22 @@ def serve(
             print(f"voxws: invalid setting: {line}", file=sys.stderr)
         raise typer.Exit(2) from None
     logs.configure(settings.log_format)
-    if settings.host in ("0.0.0.0", "::", "") and not settings.auth_token_file:
+    if not _loopback(settings.host) and not settings.auth_token_file:
         logs.log.warning("open_bind", host=settings.host,
-                         advice="listening on all interfaces without VOXWS_AUTH_TOKEN_FILE: anyone who can reach "
+                         advice="listening beyond loopback without VOXWS_AUTH_TOKEN_FILE: anyone who can reach "
                                 "this port can use the GPUs")
     from voxws.server import run
 
     raise typer.Exit(run(settings))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: may resolve to anything
 
 
 @app.command("config")

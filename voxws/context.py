@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +62,6 @@ class Context:
     outcome: Outcome | None = None
     producer: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
-    became_head: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def audio_ms(self) -> int:
@@ -82,14 +81,14 @@ class Producer:
 
     def __init__(self, ctx: Context, engine: Engine, admission: Admission, *, push: Callable[[Context, bytes], None],
                  on_queued: Callable[[Context, int], None], on_admitted: Callable[[Context, float], None],
-                 ahead_limit_s: float):
+                 wait_room: Callable[[Context], Awaitable[None]]):
         self.ctx = ctx
         self.engine = engine
         self.admission = admission
         self.push = push
         self.on_queued = on_queued
         self.on_admitted = on_admitted
-        self.ahead_limit_s = ahead_limit_s
+        self.wait_room = wait_room
         self.runs: list[_SegmentRun] = []
         self.task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
@@ -119,8 +118,7 @@ class Producer:
                     break
                 if prev is not None:
                     await prev.handoff.wait()  # the current segment is near its end
-                    if not ctx.became_head.is_set() and ctx.queued_seconds > self.ahead_limit_s:
-                        await ctx.became_head.wait()  # a context behind others: don't pile up audio
+                    await self.wait_room(ctx)  # the client has taken enough of what it was given
                 run = _SegmentRun(self, text, ctx.segment_count, after=prev)
                 ctx.segment_count += 1
                 self.runs.append(run)

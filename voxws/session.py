@@ -30,6 +30,7 @@ from voxws.protocol import Message, ProtocolError
 
 log = structlog.get_logger("voxws.session")
 _ids = itertools.count(1)
+HEAD_AHEAD_S = 5.0  # unread audio of the streaming context past which its next segment waits
 CONTROL_BACKLOG = 1024  # unsent JSON replies a socket may pile up before it is a slow consumer
 
 
@@ -75,6 +76,7 @@ class Session:
         self.order: deque[Context] = deque()  # audio delivery order
         self.control: deque[str] = deque()
         self.wake = asyncio.Event()
+        self.room = asyncio.Event()  # set when the writer has sent audio: held segments may go
         self.closed = False
         self.close_code: tuple[int, str] | None = None
         self.last_activity = time.monotonic()
@@ -249,11 +251,8 @@ class Session:
         ctx = Context(cid, opts, Encoder(opts.format, native, rate), rate, incremental)
         self.contexts[cid] = ctx
         self.order.append(ctx)
-        if self.order[0] is ctx:
-            ctx.became_head.set()
         producer = Producer(ctx, self.shared.engine, self.shared.admission, push=self._push,
-                            on_queued=self._on_queued, on_admitted=self._on_admitted,
-                            ahead_limit_s=self.s.max_unsent_audio_s / 2)
+                            on_queued=self._on_queued, on_admitted=self._on_admitted, wait_room=self._wait_room)
         ctx.producer = producer.task = asyncio.create_task(producer.run(), name=f"ctx-{self.id}-{cid}")
         ctx.producer.add_done_callback(lambda t: self._produced(ctx, t))
         self.shared.metrics.contexts_active.inc()
@@ -297,6 +296,24 @@ class Session:
 
     def _on_admitted(self, ctx: Context, waited_s: float) -> None:
         self.shared.metrics.queue_wait.observe(waited_s)
+
+    def _over_budget(self, ctx: Context) -> bool:
+        """Whether a context should hold its next segment. The head: while the client has more than
+        HEAD_AHEAD_S of its audio unread (plenty to cover the next segment's prefill). Contexts behind
+        it: while together they hold half the slow-consumer limit."""
+        if not self.order:
+            return False
+        half = self.s.max_unsent_audio_s / 2
+        if ctx is self.order[0]:
+            return ctx.queued_seconds > min(HEAD_AHEAD_S, half)
+        return sum(c.queued_seconds for c in itertools.islice(self.order, 1, None)) > half
+
+    async def _wait_room(self, ctx: Context) -> None:
+        # A client that reads slower than the engine makes (a real-time player) gets its next
+        # segment once it catches up, instead of a pile of audio and then `slow_consumer`.
+        while not self.closed and self._over_budget(ctx):
+            self.room.clear()
+            await self.room.wait()
 
     def _push(self, ctx: Context, data: bytes) -> None:
         """An encoded frame is ready (called by the producer)."""
@@ -378,7 +395,7 @@ class Session:
         if self.contexts.get(ctx.id) is ctx:
             del self.contexts[ctx.id]
         if was_head and self.order:
-            self.order[0].became_head.set()
+            self.room.set()
         assert ctx.outcome is not None
         self._account(ctx, ctx.outcome.kind)
         self.last_activity = time.monotonic()
@@ -460,6 +477,7 @@ class Session:
                     await send(data)
                     head.sent_samples += n
                     head.chunks += 1
+                    self.room.set()
                     if head.first_frame_at is None:
                         head.first_frame_at = time.perf_counter()
                         self._m_ttfb.observe(head.first_frame_at - head.opened_at)
