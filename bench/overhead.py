@@ -286,17 +286,6 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_docs(path: Path, body: str) -> None:
-    block = f"{DOC_BEGIN}\n{body}\n{DOC_END}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n## Server overhead\n\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        pre, rest = text.split(DOC_BEGIN, 1)
-        text = pre + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--streams", default="1,32,128,256", help="comma-separated stream counts")
@@ -365,7 +354,7 @@ def main() -> None:
                                             encoding="utf-8")
     (args.out / "overhead.md").write_text("# Server overhead\n\n" + body + "\n", encoding="utf-8")
     if not args.no_docs:
-        _write_docs(args.docs, body)
+        report.write_marked_block(args.docs, DOC_BEGIN, DOC_END, body, "# Benchmarks\n\n## Server overhead\n\n")
     print(f"\nwrote {args.out / 'overhead.json'}, {args.out / 'overhead.md'}"
           + ("" if args.no_docs else f", {args.docs}") + f"; server logs in {logs}")
 

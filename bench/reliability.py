@@ -56,7 +56,7 @@ from websockets.exceptions import ConnectionClosed
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from voxws.bench.report import machine  # noqa: E402
+from voxws.bench.report import machine, write_marked_block  # noqa: E402
 from voxws.engines.synthetic import natural_steps, read_mark, tag_hash  # noqa: E402
 
 VOXWS = str(Path(sys.executable).with_name("voxws"))
@@ -771,17 +771,6 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(path: Path, body: str) -> None:
-    block = f"{DOC_BEGIN}\n{body}\n{DOC_END}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Reliability\n\n## Figures\n\n"
-    if DOC_BEGIN in text and DOC_END in text:
-        pre, rest = text.split(DOC_BEGIN, 1)
-        text = pre + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "fuzz": scenario_fuzz, "badinput": scenario_badinput, "storm": scenario_storm, "overload": scenario_overload,
     "slowloris": scenario_slowloris, "slow": scenario_slow, "crash": scenario_crash, "soak": scenario_soak,
@@ -836,7 +825,7 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     if not args.no_docs:
-        write_docs(args.docs, table(doc))
+        write_marked_block(args.docs, DOC_BEGIN, DOC_END, table(doc), "# Reliability\n\n## Figures\n\n")
     print(f"wrote {path}" + ("" if args.no_docs else f" and {args.docs}"))
     return 1 if failed else 0
 

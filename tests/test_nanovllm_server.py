@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
 
 from tests.test_nanovllm_adapter import FakePool, FakeTokenizer, aio, model_dir
+from tests.wsclient import readyz
 from voxws.config import Settings
 from voxws.engines.nanovllm import NanoVllmEngine
 from voxws.server import Server
@@ -26,14 +25,6 @@ def server(tmp_path: Path, pools: list[FakePool], **settings: Any) -> Server:
     s = Settings(engine="nanovllm", model_path=model_dir(tmp_path), port=0, log_format="json", **settings)
     engine = NanoVllmEngine(s, pool_factory=factory, tokenizer=FakeTokenizer(), watch_interval_s=0.05)
     return Server(s, engine=engine)
-
-
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 async def speak(port: int, text: str, context: str) -> tuple[Any, dict[str, Any]]:

@@ -10,8 +10,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import free_port, serve_process
 from tests.ops_fixtures.wsprobe import probe
+from tests.wsclient import readyz
 from voxws.ops.cli import app
 
 runner = CliRunner()
@@ -121,14 +120,6 @@ async def open_session(port: int) -> tuple[ClientConnection, str]:
     ws = await connect(f"ws://127.0.0.1:{port}/v1/tts", compression=None, max_size=None, open_timeout=30)
     hello = json.loads(await asyncio.wait_for(ws.recv(), 30))
     return ws, hello["group"]
-
-
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 @pytest.mark.nginx

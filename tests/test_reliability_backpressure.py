@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import running, url
-from tests.wsclient import collect, open_ws
+from tests.wsclient import collect, open_ws, read_until_closed, until
 from voxws.engines.synthetic import CHUNK
 from voxws.session import CONTROL_BACKLOG, Session
 
@@ -25,32 +24,11 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-async def until(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.02)
-
-
 def held_bytes(session: Session) -> int:
     """Audio the server holds for this socket: queued frames plus the socket's write buffer."""
     queued = sum(len(f) for ctx in session.contexts.values() for f in ctx.frames)
     transport = session.t.ws.transport  # type: ignore[attr-defined]
     return queued + (transport.get_write_buffer_size() if transport else 0)
-
-
-async def drain(ws) -> tuple[int, list[dict]]:  # type: ignore[no-untyped-def]
-    frames, log = 0, []
-    try:
-        while True:
-            m = await asyncio.wait_for(ws.recv(), 30)
-            if isinstance(m, bytes):
-                frames += 1
-            else:
-                log.append(json.loads(m))
-    except ConnectionClosed:
-        pass
-    return frames, log
 
 
 @pytest.mark.parametrize("path", ["unsent_audio", "stalled_writer"])
@@ -84,7 +62,7 @@ def test_a_client_that_stops_reading_is_cut_off_with_bounded_memory(path: str) -
             streams, _ = await collect(reader)
             assert streams["r"].end["type"] == "done"
             # The slow client reads again: what was in flight, then the verdict and 1008.
-            frames, log = await drain(slow)
+            frames, log = await read_until_closed(slow)
             assert slow.close_code == 1008
             assert frames < 2000 * 25 / 4  # far from all of its audio
             if path == "unsent_audio":

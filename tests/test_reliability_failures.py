@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import running, serve_process, url
-from tests.wsclient import collect, open_ws
+from tests.wsclient import collect, open_ws, read_until_closed
 from voxws.engines.synthetic import natural_steps, tag_hash
 from voxws.session import Session
 
@@ -222,16 +222,8 @@ def test_sigterm_drains_in_flight_contexts_then_exits_0() -> None:
         with pytest.raises(InvalidStatus) as e:
             await open_ws(u)
         assert e.value.response.status_code == 503
-        log: list[dict] = []
-        try:
-            while True:
-                m = await asyncio.wait_for(ws.recv(), 30)
-                if isinstance(m, bytes):
-                    frames += 1
-                else:
-                    log.append(json.loads(m))
-        except ConnectionClosed:
-            pass
+        more, log = await read_until_closed(ws)
+        frames += more
         assert ws.close_code == 1001
         late = [m for m in log if m.get("context") == "late"]
         assert [m["code"] for m in late] == ["shutting_down"]

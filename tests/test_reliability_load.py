@@ -5,24 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 
 from tests.conftest import running, url
-from tests.wsclient import open_ws
+from tests.wsclient import open_ws, until
 from voxws.engines.synthetic import natural_steps, read_mark, tag_hash
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
-
-
-async def until(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def test_overload_at_10x_capacity_busy_for_the_excess_and_complete_audio_for_the_rest() -> None:

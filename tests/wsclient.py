@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from voxws.engines.synthetic import read_mark
 
@@ -43,8 +49,6 @@ async def open_ws(uri: str, **kw: Any) -> tuple[ClientConnection, dict[str, Any]
 
 async def collect(ws: ClientConnection, n: int = 1, timeout: float = 60.0) -> tuple[dict[str, Stream], list[dict]]:
     """Read until n contexts have ended. Returns streams by context and every JSON message in order."""
-    import asyncio
-
     streams: dict[str, Stream] = {}
     log: list[dict] = []
     current: Stream | None = None
@@ -79,3 +83,33 @@ async def collect(ws: ClientConnection, n: int = 1, timeout: float = 60.0) -> tu
 
     await asyncio.wait_for(run(), timeout)
     return streams, log
+
+
+async def read_until_closed(ws: ClientConnection, timeout: float = 30.0) -> tuple[int, list[dict]]:
+    """Every message until the server closes: (binary frame count, JSON messages in order)."""
+    frames, log = 0, []
+    try:
+        while True:
+            m = await asyncio.wait_for(ws.recv(), timeout)
+            if isinstance(m, bytes):
+                frames += 1
+            else:
+                log.append(json.loads(m))
+    except ConnectionClosed:
+        pass
+    return frames, log
+
+
+async def until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+def readyz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code

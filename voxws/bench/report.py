@@ -302,3 +302,16 @@ def write(doc: dict[str, Any], out_dir: Path, plots: bool = True) -> dict[str, P
         paths[n] = out_dir / n
     paths["markdown"].write_text(markdown(doc, names) + "\n", encoding="utf-8")
     return paths
+
+
+def write_marked_block(path: Path, begin: str, end: str, body: str, new_file_header: str) -> None:
+    """Replace what stands between the begin/end markers of a markdown page (or append it), so that a
+    benchmark script can rewrite its own table in a hand-written page."""
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text(encoding="utf-8") if path.exists() else new_file_header
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        text = pre + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
