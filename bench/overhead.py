@@ -25,13 +25,10 @@ import asyncio
 import json
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from typing import Any
 import psutil
 
 from voxws import config, sizing
-from voxws.bench import metrics, report, scenarios
+from voxws.bench import metrics, proc, report, scenarios
 from voxws.bench.client import Target
 from voxws.bench.runner import Job, Phase, run_phase
 from voxws.engines.base import GenerateRequest
@@ -125,9 +122,7 @@ class Server:
 
     def __init__(self, model: str, log_dir: Path, cmd: list[str] | None = None):
         base, per_seq = MODELS[model]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = proc.free_port()
         env = {**os.environ, "VOXWS_SYNTHETIC_STEP_BASE_MS": str(base),
                "VOXWS_SYNTHETIC_STEP_PER_SEQ_MS": str(per_seq), "VOXWS_LOG_FORMAT": "json"}
         voxws = Path(sys.executable).with_name("voxws")
@@ -139,32 +134,18 @@ class Server:
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.proc.pid)
         self.url = f"ws://127.0.0.1:{self.port}/v1/tts"
-        deadline = _clock() + 60
-        while _clock() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"voxws serve exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"voxws serve not ready within 60 s; see {self.log.name}")
+        try:
+            proc.wait_ready(self.port, self.proc)
+        except (RuntimeError, TimeoutError) as e:
+            self.stop()
+            raise SystemExit(f"{e}; see {self.log.name}") from None
 
     def cpu_s(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        proc.stop(self.proc)
         self.log.close()
 
 

@@ -34,8 +34,6 @@ import json
 import math
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +54,7 @@ from websockets.exceptions import ConnectionClosed
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from voxws.bench.proc import free_port, stop, wait_ready  # noqa: E402
 from voxws.bench.report import machine, write_marked_block  # noqa: E402
 from voxws.engines.synthetic import natural_steps, read_mark, tag_hash  # noqa: E402
 
@@ -79,12 +78,6 @@ def stats_ms(xs: list[float]) -> dict[str, float | None]:
 # -- the server under test -------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProc:
     """A voxws server subprocess on a free loopback port; its log goes to a file."""
 
@@ -100,17 +93,7 @@ class ServerProc:
         self.proc = subprocess.Popen(cmd, env=full, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         self.url = f"ws://127.0.0.1:{self.port}/v1/tts"
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 60) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            if self.http("/readyz")[0] == 200:
-                return
-            time.sleep(0.05)
-        raise TimeoutError("server not ready")
+        wait_ready(self.port, self.proc, log=self.log_path)
 
     def http(self, path: str) -> tuple[int, str]:
         try:
@@ -151,15 +134,9 @@ class ServerProc:
         return out
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop(self.proc)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
 
 @contextlib.contextmanager

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from voxws.bench.proc import free_port, stop, wait_ready
 from voxws.config import Settings
 from voxws.server import Server
 
@@ -38,27 +35,6 @@ def url(server: Server, path: str = "/v1/tts") -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"voxws serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"voxws on port {port} not ready after {timeout} s")
-
-
 @contextlib.contextmanager
 def serve_process(env: dict[str, str] | None = None, port: int | None = None,
                   args: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen, int]]:
@@ -72,13 +48,7 @@ def serve_process(env: dict[str, str] | None = None, port: int | None = None,
         wait_ready(port, proc=proc)
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=15)
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from voxws.bench import proc as proc_
 
 BIN = Path(sys.executable).parent
 FAST = {"VOXWS_SYNTHETIC_STEP_BASE_MS": "2", "VOXWS_SYNTHETIC_STEP_PER_SEQ_MS": "0.05"}
@@ -27,34 +27,18 @@ def _cmd(name: str, module: str) -> list[str]:
 
 @contextlib.contextmanager
 def voxws_server(tmp_path: Path, **env: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / f"server-{port}.log", "w")  # noqa: SIM115
+    port = proc_.free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115
     cmd = [*_cmd("voxws", "voxws.cli"), "serve", "--engine", "synthetic", "--host", "127.0.0.1",
            "--port", str(port)]
     proc = subprocess.Popen(cmd, env={**os.environ, "VOXWS_LOG_FORMAT": "json", **env}, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / f"server-{port}.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "voxws serve not ready within 60 s"
-            time.sleep(0.1)
+        proc_.wait_ready(port, proc, log=log_path)
         yield f"ws://127.0.0.1:{port}/v1/tts"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc_.stop(proc)
         log.close()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from tests.test_nanovllm_adapter import FakePool, FakeTokenizer, aio, model_dir
-from tests.wsclient import readyz
+from voxws.bench.proc import readyz
 from voxws.config import Settings
 from voxws.engines.nanovllm import NanoVllmEngine
 from voxws.server import Server

@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import free_port, serve_process
 from tests.ops_fixtures.wsprobe import probe
-from tests.wsclient import readyz
+from voxws.bench.proc import readyz
 from voxws.ops.cli import app
 
 runner = CliRunner()

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
@@ -208,6 +209,19 @@ def parse_value(field: Field, raw: str, source: str = "") -> tuple[Any, str | No
     if not field.check(value):
         return None, problem(source, field.env, raw, field.rule)
     return value, None
+
+
+def missing_model_files(path: str) -> list[str]:
+    """What a VoxCPM 1.5 model directory lacks (empty when complete): the rule for the engine's
+    start-up check and for `voxws-ops validate` alike."""
+    d = Path(path)
+    return [name for name, ok in (
+        ("config.json", (d / "config.json").is_file()),
+        ("*.safetensors", any(d.glob("*.safetensors"))),
+        ("audiovae.pth", (d / "audiovae.pth").is_file()),
+        ("tokenizer.json or tokenizer.model", (d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()),
+        ("tokenizer_config.json", (d / "tokenizer_config.json").is_file()),
+    ) if not ok]
 
 
 def check_cross(s: Settings, source: str = "") -> list[str]:

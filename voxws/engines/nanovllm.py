@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import glob
 import json
 import math
 import os
@@ -31,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from voxws.config import Settings
+from voxws.config import Settings, missing_model_files
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
 from voxws.engines.coalesce import Coalescer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # one of them, plus tokenizer_config.json
 MIN_BATCHED_TOKENS = 16384  # the engine's default; must also be >= max_model_len
 
 PoolFactory = Callable[..., Any]  # (**from_pretrained kwargs) -> pool; called inside the running loop
@@ -74,9 +72,12 @@ def check_model_dir(path: str | None) -> dict[str, Any]:
         raise EngineStartError("VOXCPM_MODEL_PATH is not set: it must name a VoxCPM 1.5 model directory")
     if not os.path.isdir(path):
         raise EngineStartError(f"{where}: not a directory (download the model, e.g. openbmb/VoxCPM1.5)")
+    missing = missing_model_files(path)
+    if missing:
+        what = "; ".join(f"tokenizer files are missing ({m})" if m.startswith("tokenizer") else f"{m} is missing"
+                         for m in missing)
+        raise EngineStartError(f"{where}: {what}")
     cfg_file = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_file):
-        raise EngineStartError(f"{where}: config.json is missing")
     try:
         with open(cfg_file, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -86,24 +87,7 @@ def check_model_dir(path: str | None) -> dict[str, Any]:
         arch = cfg.get("architecture") if isinstance(cfg, dict) else None
         raise EngineStartError(f"{where}: config.json architecture is {arch!r}; "
                                "voxws serves 'voxcpm' (VoxCPM 1.5)")
-    if not glob.glob(os.path.join(path, "*.safetensors")):
-        raise EngineStartError(f"{where}: no *.safetensors weights file")
-    if not os.path.isfile(os.path.join(path, "audiovae.pth")):
-        raise EngineStartError(f"{where}: audiovae.pth (the audio VAE) is missing")
-    if not os.path.isfile(os.path.join(path, "tokenizer_config.json")) or not any(
-        os.path.isfile(os.path.join(path, n)) for n in TOKENIZER_FILES
-    ):
-        raise EngineStartError(f"{where}: tokenizer files are missing "
-                               "(tokenizer_config.json and tokenizer.json)")
     return cfg
-
-
-def bench_steps(settings: Settings) -> int | None:
-    """Benchmarks with random weights only: every request generates exactly this many steps.
-
-    A random model's stop head is forced off, so without this cap every request would run to
-    the server's runaway cap instead of the benchmark's fixed audio length."""
-    return settings.bench_steps
 
 
 def chunk_samples_of(cfg: dict[str, Any]) -> int:
@@ -198,7 +182,7 @@ class NanoVllmEngine:
             return
         s = self.settings
         cfg = check_model_dir(s.model_path)
-        self._bench_steps = bench_steps(s)
+        self._bench_steps = s.bench_steps  # random-weight benchmarks: stop head off, fixed length
         self.chunk_samples = chunk_samples_of(cfg)
         factory = self._pool_factory
         if factory is None:

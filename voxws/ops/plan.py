@@ -20,12 +20,8 @@ HIDDEN_PREFIXES = ("/home", "/root", "/run/user")
 UNPRIVILEGED_PORT_START = 1024  # the unit has no CAP_NET_BIND_SERVICE
 
 
-class PlanError(ValueError):
+class PlanError(config.ConfigError):
     """Bad options; str() lists one line per problem, each naming the option, value and rule."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True)

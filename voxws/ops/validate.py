@@ -59,14 +59,7 @@ def model_dir_problem(source: str, path: str) -> str | None:
                               "outside /home, /root and /run/user, which the unit's ProtectHome=yes hides")
     if not d.is_dir():
         return config.problem(source, "VOXCPM_MODEL_PATH", path, "an existing model directory")
-    missing = [name for name, ok in (
-        ("config.json", (d / "config.json").is_file()),
-        ("*.safetensors", any(d.glob("*.safetensors"))),
-        ("audiovae.pth", (d / "audiovae.pth").is_file()),
-        ("tokenizer.json or tokenizer.model",
-         (d / "tokenizer.json").is_file() or (d / "tokenizer.model").is_file()),
-        ("tokenizer_config.json", (d / "tokenizer_config.json").is_file()),
-    ) if not ok]
+    missing = config.missing_model_files(path)
     if missing:
         return config.problem(source, "VOXCPM_MODEL_PATH", path,
                               "a VoxCPM 1.5 model directory; missing: " + ", ".join(missing))
