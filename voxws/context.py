@@ -172,7 +172,7 @@ class _SegmentRun:
             held = time.perf_counter()
             try:
                 prompt = engine.count_tokens(self.text)
-                steps = sizing.max_generate_length(prompt, engine.max_model_len, sizing.estimate_steps(self.text))
+                steps = sizing.max_generate_length(prompt, engine.max_model_len, self.expected)
                 request = GenerateRequest(
                     text=self.text, max_generate_length=steps, cfg_value=ctx.options.cfg_value,
                     temperature=ctx.options.temperature, seed=ctx.options.seed, voice=ctx.options.voice,

@@ -131,14 +131,19 @@ class Server:
             return _response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         return self._static(path)
 
-    def _readyz(self) -> Response:
+    def _not_ready(self) -> str | None:
+        """Why no new work is taken (one rule for /readyz and the handshake), or None."""
         if self.engine.dead_reason:
-            return _response(503, f"engine dead: {self.engine.dead_reason}\n")
+            return f"engine dead: {self.engine.dead_reason}"
         if self.shared.draining:
-            return _response(503, "draining\n")
+            return "draining"
         if not self.ready:
-            return _response(503, "engine loading\n")
-        return _response(200, "ready\n")
+            return "engine loading"
+        return None
+
+    def _readyz(self) -> Response:
+        why = self._not_ready()
+        return _response(503 if why else 200, f"{why or 'ready'}\n")
 
     def _static(self, path: str) -> Response:
         name = "index.html" if path in ("/", "/index.html") else path.lstrip("/")
@@ -168,8 +173,9 @@ class Server:
         allowed = self.settings.allowed_origins
         if allowed and origin is not None and origin.rstrip("/") not in allowed:
             return 403, "forbidden: origin not allowed"
-        if not self.ready or self.shared.draining or self.engine.dead_reason:
-            return 503, "not ready: engine loading, draining or dead"
+        why = self._not_ready()
+        if why:
+            return 503, f"not ready: {why}"
         if len(self.shared.sessions) >= self.settings.max_connections:
             return 503, f"too many connections (limit {self.settings.max_connections})"
         return None

@@ -166,7 +166,7 @@ class Session:
         cid = msg.context or f"s{next(_ids)}"
         if msg.context and msg.context in self.contexts:
             raise ProtocolError("context_exists", f"context {cid!r} is open", cid)
-        clean = self._check_text(msg.text, cid, already=0)
+        clean = self._check_text(msg.text, cid)
         ctx = self._open(cid, msg, incremental=False)
         ctx.text_chars = len(clean)
         self._enqueue(ctx, clean, normalized=True)
@@ -219,7 +219,7 @@ class Session:
 
     # -- contexts --------------------------------------------------------
 
-    def _check_text(self, raw: str, cid: str, already: int) -> str:
+    def _check_text(self, raw: str, cid: str) -> str:
         if len(raw) > self.s.max_text_chars:
             raise ProtocolError("text_too_long", f"text over {self.s.max_text_chars} characters", cid)
         clean = text.normalize(raw)
