@@ -31,7 +31,8 @@ from voxws.session import Session, Shared
 # Errors that end their context. Every other error refuses one message and names its context, but a
 # context that is open stays open (e.g. `context_exists` for a second `speak` on a streaming id).
 ENDING = {"engine_error", "busy", "empty_text"}
-SERVER_TYPES = {"ready", "queued", "start", "done", "cancelled", "error", "going_away", "pong"}
+SERVER_TYPES = {"ready", "queued", "start", "segment", "words", "flushed", "done", "cancelled", "error", "going_away",
+                "pong"}
 SETTINGS = Settings(engine="synthetic", devices=(0,), max_num_seqs=2, max_queue=1, max_contexts=4,
                     max_text_chars=120, rate_limit_per_s=100_000, text_delay_ms=3, text_buffer_chars=12,
                     max_unsent_audio_s=3600, synthetic_step_base_ms=0, synthetic_step_per_seq_ms=0)
@@ -109,6 +110,8 @@ def check_stream(out: list[str | bytes], pings: int) -> dict[str, dict]:
                 assert isinstance(m["retry_after_ms"], int) and m["retry_after_ms"] > 0
         elif t == "queued":
             assert isinstance(m["position"], int) and m["position"] >= 1
+        elif t in ("segment", "words"):
+            assert ctx == current, f"{t} of {ctx} while {current} streams"
         if t == "start":
             assert current is None, f"start of {ctx} while {current} streams"
             assert ctx not in open_

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from voxws.config import ConfigError, Settings, load
-from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest, VoicePrompt
 from voxws.engines.nanovllm import MIN_BATCHED_TOKENS, Coalescer, NanoVllmEngine, TokenCounter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,7 @@ class FakePool:
         self.servers_load = [0] * len(devices)
         self.calls: list[dict[str, Any]] = []
         self.cancelled: list[int] = []
+        self.encoded: list[tuple[bytes, str]] = []
         self.stopped = False
         self._next = 0
 
@@ -113,6 +114,10 @@ class FakePool:
         await asyncio.sleep(0)
         if self.init_error:
             raise RuntimeError(self.init_error)
+
+    async def encode_latents(self, wav: bytes, wav_format: str) -> bytes:
+        self.encoded.append((wav, wav_format))
+        return np.ones((4, 64), np.float32).tobytes()
 
     async def get_model_info(self) -> dict[str, Any]:
         return {"sample_rate": 44100, "channels": 1, "feat_dim": 64, "patch_size": 4, "model_path": "x"}
@@ -415,8 +420,10 @@ async def test_engine_refusals_and_failures_are_mapped(tmp_path: Path) -> None:
             await collect(e, req("BOOM", 3))
         assert not isinstance(err2.value, (EngineRefused, EngineDead))
         assert "KeyError" in str(err2.value)
-        with pytest.raises(EngineRefused, match="voice"):
-            await collect(e, req(voice="alice"))
+        # A voice prompt's positions count against max_model_len too.
+        voice = VoicePrompt("v", "我们", np.zeros(7056 * 3, np.float32), positions=240)
+        with pytest.raises(EngineRefused, match="max_model_len"):
+            await collect(e, req("我们好", 20, prompt=voice))
         assert e.dead_reason is None and e.running == 0
     finally:
         await e.stop()
@@ -564,3 +571,25 @@ async def test_stop_is_idempotent_and_not_a_death(tmp_path: Path) -> None:
     await e.stop()
     await e.stop()
     assert e.dead_reason is None and seen["pool"].stopped
+
+
+@aio
+async def test_a_voice_prompt_goes_to_the_engine_as_latents_encoded_once(tmp_path: Path) -> None:
+    e, seen = make(tmp_path)
+    await e.start()
+    stored: dict[str, bytes] = {}
+    voice = VoicePrompt("voice:amy:1", "我们好", np.full(7056 * 2, 0.25, np.float32), positions=5,
+                        voice_id="amy", load_cached=stored.get, store_cached=stored.__setitem__)
+    try:
+        for _ in range(2):
+            assert len(await collect(e, req("中国", 3, prompt=voice))) == 3
+        pool = seen["pool"]
+        assert len(pool.encoded) == 1  # the second request reuses the latents
+        wav, fmt = pool.encoded[0]
+        assert fmt == "wav" and wav[:4] == b"RIFF"
+        call = pool.calls[-1]
+        assert call["prompt_text"] == "我们好"
+        assert call["prompt_latents"] == np.ones((4, 64), np.float32).tobytes()
+        assert list(stored) == ["nanovllm-latents"]  # kept in the voice store, keyed by model by the store
+    finally:
+        await e.stop()

@@ -26,7 +26,7 @@ def test_speak_with_options() -> None:
     m = parse(json.dumps({"type": "speak", "text": "x", "context": "a:b.c-1_2", "format": "pcm_mulaw",
                           "sample_rate": 8000, "cfg_value": 1.5, "temperature": 0.7, "seed": 42, "extra": [1]}))
     assert m.context == "a:b.c-1_2" and m.has_options
-    assert m.options == Options("pcm_mulaw", 8000, None, 1.5, 0.7, 42)
+    assert m.options == Options("pcm_mulaw", 8000, cfg_value=1.5, temperature=0.7, seed=42)
 
 
 @pytest.mark.parametrize("frame,code", [
@@ -72,4 +72,4 @@ def test_server_frames_are_compact_json() -> None:
     assert set(protocol.ERROR_CODES) == {
         "bad_message", "empty_text", "text_too_long", "unsupported_format", "unknown_voice", "context_exists",
         "unknown_context", "too_many_contexts", "busy", "rate_limited", "slow_consumer", "engine_error",
-        "unauthorized", "message_too_big", "idle_timeout", "shutting_down"}
+        "unauthorized", "message_too_big", "idle_timeout", "shutting_down", "bad_option"}

@@ -7,12 +7,22 @@ Out-of-range samples clip (never wrap); NaN becomes silence.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import soxr
 
 from voxws.config import FORMATS, SAMPLE_RATES
 
-__all__ = ["FORMATS", "SAMPLE_RATES", "Encoder", "decode", "mulaw_decode", "mulaw_encode"]
+__all__ = ["FORMATS", "SAMPLE_RATES", "Encoder", "Packet", "decode", "mulaw_decode", "mulaw_encode"]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """Encoded audio and how many samples (at the output rate) it holds: time is counted in samples."""
+
+    data: bytes
+    samples: int
 
 BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "pcm_mulaw": 1}
 
@@ -103,6 +113,14 @@ class Encoder:
         if self._stream is not None:
             x = self._stream.resample_chunk(x)
         return self._convert(x) if len(x) else b""
+
+    def packets(self, chunk: np.ndarray) -> list[Packet]:
+        data = self.encode(chunk)
+        return [Packet(data, len(data) // self.bytes_per_sample)] if data else []
+
+    def flush_packets(self) -> list[Packet]:
+        data = self.flush()
+        return [Packet(data, len(data) // self.bytes_per_sample)] if data else []
 
     def flush(self) -> bytes:
         """The resampler's tail at the end of the stream (b"" when not resampling)."""

@@ -19,6 +19,12 @@ CONTEXT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 DEFAULT_CONTEXT = "default"
 CLIENT_TYPES = ("speak", "text", "flush", "end", "cancel", "ping")
 MAX_SEED = 2**31 - 1
+LANGUAGES = ("auto", "zh", "en")
+TIMESTAMPS = ("none", "word")
+BITRATES = (6_000, 512_000)  # bits per second accepted at all; each codec narrows it (codecs.check_bitrate)
+FLUSH_ID_RE = re.compile(r"^.{1,64}$", re.DOTALL)
+OPTION_KEYS = ("format", "sample_rate", "bitrate", "voice", "normalize", "language", "timestamps", "cfg_value",
+               "temperature", "seed")
 
 # code -> WebSocket close code (None: the socket stays open).
 ERROR_CODES: dict[str, int | None] = {
@@ -27,6 +33,7 @@ ERROR_CODES: dict[str, int | None] = {
     "text_too_long": None,
     "unsupported_format": None,
     "unknown_voice": None,
+    "bad_option": None,
     "context_exists": None,
     "unknown_context": None,
     "too_many_contexts": None,
@@ -60,7 +67,11 @@ class Options:
 
     format: str = "pcm_s16le"
     sample_rate: int | None = None  # None: the engine's native rate
-    voice: str | None = None
+    bitrate: int | None = None  # mp3 / opus only; None: the codec's default
+    voice: str | None = None  # None: the server's default voice
+    normalize: bool = True
+    language: str = "auto"
+    timestamps: str = "none"
     cfg_value: float = 2.0
     temperature: float = 1.0
     seed: int | None = None
@@ -73,6 +84,7 @@ class Message:
     text: str | None = None
     options: Options = field(default_factory=Options)
     has_options: bool = False  # any option field was present
+    flush_id: str | int | None = None
 
 
 def _bad(msg: str, context: str | None = None) -> ProtocolError:
@@ -88,8 +100,19 @@ def _number(obj: dict[str, Any], key: str, lo: float, hi: float, ctx: str | None
     return float(v)
 
 
+def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...], ctx: str | None) -> str | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise _bad(f"`{key}` must be a string", ctx)
+    if v not in allowed:
+        raise ProtocolError("bad_option", f"`{key}` {v[:40]!r} is not one of {', '.join(allowed)}", ctx)
+    return v
+
+
 def _options(obj: dict[str, Any], ctx: str | None) -> tuple[Options, bool]:
-    present = any(k in obj for k in ("format", "sample_rate", "voice", "cfg_value", "temperature", "seed"))
+    present = any(k in obj for k in OPTION_KEYS)
     fmt = obj.get("format", "pcm_s16le")
     if not isinstance(fmt, str):
         raise _bad("`format` must be a string", ctx)
@@ -101,9 +124,22 @@ def _options(obj: dict[str, Any], ctx: str | None) -> tuple[Options, bool]:
             raise _bad("`sample_rate` must be an integer", ctx)
         if rate not in SAMPLE_RATES:
             raise ProtocolError("unsupported_format", f"sample_rate {rate} is not one of {list(SAMPLE_RATES)}", ctx)
+    bitrate = obj.get("bitrate")
+    if bitrate is not None:
+        if isinstance(bitrate, bool) or not isinstance(bitrate, int):
+            raise _bad("`bitrate` must be an integer (bits per second)", ctx)
+        lo, hi = BITRATES
+        if fmt not in ("mp3", "opus") or not lo <= bitrate <= hi:
+            raise ProtocolError("bad_option", f"`bitrate` {bitrate} is for mp3 and opus only, "
+                                f"{lo} to {hi} bits per second", ctx)
     voice = obj.get("voice")
     if voice is not None and not isinstance(voice, str):
         raise _bad("`voice` must be a string", ctx)
+    norm = obj.get("normalize")
+    if norm is not None and not isinstance(norm, bool):
+        raise _bad("`normalize` must be true or false", ctx)
+    language = _choice(obj, "language", LANGUAGES, ctx)
+    timestamps = _choice(obj, "timestamps", TIMESTAMPS, ctx)
     cfg = _number(obj, "cfg_value", 0.0, 10.0, ctx)
     temp = _number(obj, "temperature", 0.0, 2.0, ctx)
     seed = obj.get("seed")
@@ -112,7 +148,11 @@ def _options(obj: dict[str, Any], ctx: str | None) -> tuple[Options, bool]:
     opts = Options(
         format=fmt,
         sample_rate=rate,
+        bitrate=bitrate,
         voice=voice or None,
+        normalize=True if norm is None else norm,
+        language=language or "auto",
+        timestamps=timestamps or "none",
         cfg_value=2.0 if cfg is None else cfg,
         temperature=1.0 if temp is None else temp,
         seed=seed,
@@ -148,6 +188,12 @@ def parse(frame: str) -> Message:
             raise _bad(f"`{kind}` needs `text` as a string", ctx)
         opts, present = _options(obj, ctx)
         return Message(kind, ctx, text, opts, present)
+    if kind == "flush" and obj.get("flush_id") is not None:
+        fid = obj["flush_id"]
+        ok = (isinstance(fid, str) and FLUSH_ID_RE.match(fid)) or (isinstance(fid, int) and not isinstance(fid, bool))
+        if not ok:
+            raise _bad("`flush_id` must be a string of 1-64 characters or an integer", ctx)
+        return Message(kind, ctx, flush_id=fid)
     return Message(kind, ctx)
 
 
@@ -155,12 +201,23 @@ def dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def ready(*, version: str, group: str, engine: str, model: str, sample_rate: int,
+def _dumps_client_text(obj: dict[str, Any]) -> str:
+    """For frames that echo the client's text: a lone surrogate it sent (legal in JSON, not in UTF-8) is
+    written as a JSON escape, so the frame stays valid UTF-8 and the offsets stay right."""
+    frame = dumps(obj)
+    try:
+        frame.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"))
+    return frame
+
+
+def ready(*, version: str, group: str, engine: str, model: str, sample_rate: int, default_voice: str | None,
           limits: dict[str, Any]) -> str:
     return dumps({
         "type": "ready", "protocol": PROTOCOL, "server": f"voxws/{version}", "group": group,
         "engine": engine, "model": model, "sample_rate": sample_rate, "formats": list(FORMATS),
-        "sample_rates": list(SAMPLE_RATES), "limits": limits,
+        "sample_rates": list(SAMPLE_RATES), "default_voice": default_voice, "limits": limits,
     })
 
 
@@ -172,14 +229,30 @@ def start(context: str, fmt: str, sample_rate: int) -> str:
     return dumps({"type": "start", "context": context, "format": fmt, "sample_rate": sample_rate, "channels": 1})
 
 
+def segment(context: str, *, index: int, text: str, spoken: str, source_start: int, source_end: int,
+            audio_start_ms: int) -> str:
+    return _dumps_client_text({"type": "segment", "context": context, "index": index, "text": text, "spoken": spoken,
+                  "source_start": source_start, "source_end": source_end, "audio_start_ms": audio_start_ms})
+
+
+def words(context: str, *, words: list[str], start_ms: list[int], end_ms: list[int], source_start: list[int],
+          source_end: list[int], estimated: bool) -> str:
+    return _dumps_client_text({"type": "words", "context": context, "words": words, "start_ms": start_ms, "end_ms": end_ms,
+                  "source_start": source_start, "source_end": source_end, "estimated": estimated})
+
+
+def flushed(context: str, flush_id: str | int | None) -> str:
+    return dumps({"type": "flushed", "context": context, "flush_id": flush_id})
+
+
 def done(context: str, *, audio_ms: int, ttfb_ms: int | None, chunks: int, text_chars: int,
-         segments: int) -> str:
+         segments: int, voice: str | None) -> str:
     return dumps({"type": "done", "context": context, "audio_ms": audio_ms, "ttfb_ms": ttfb_ms,
-                  "chunks": chunks, "text_chars": text_chars, "segments": segments})
+                  "chunks": chunks, "text_chars": text_chars, "segments": segments, "voice": voice})
 
 
-def cancelled(context: str, audio_ms: int) -> str:
-    return dumps({"type": "cancelled", "context": context, "audio_ms": audio_ms})
+def cancelled(context: str, audio_ms: int, source_end: int) -> str:
+    return dumps({"type": "cancelled", "context": context, "audio_ms": audio_ms, "source_end": source_end})
 
 
 def error(code: str, message: str, context: str | None = None, **extra: Any) -> str:

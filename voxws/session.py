@@ -1,10 +1,9 @@
-"""One WebSocket connection: dispatch client messages, own its contexts, write frames in order.
+"""One WebSocket connection: client messages in, contexts opened and ended, frames out in order.
 
-Free of socket details: the server hands in a Transport (send / close) and feeds
-received frames to `handle_text` / `handle_binary`. One writer task sends everything:
-control frames first, then the audio of the oldest open context (the head), so the
-audio of different contexts is never interleaved and `cancelled` can never overtake
-a frame of its own context.
+Free of socket details: the edge hands in a Transport (send / close) and feeds received frames to
+`handle_text` / `handle_binary`. One writer task sends everything: the socket's own control frames
+first, then the lane of the oldest open context (the head: voxws/context.py), so the audio of
+different contexts is never interleaved and `cancelled` can never overtake a frame of its context.
 """
 
 from __future__ import annotations
@@ -14,19 +13,22 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
 from voxws import protocol, sizing, text
-from voxws.admission import Admission, Busy
+from voxws.admission import Busy
 from voxws.audio import Encoder
-from voxws.config import Settings
-from voxws.context import Context, Outcome, Producer
-from voxws.engines.base import Engine, EngineDead, EngineError
-from voxws.metrics import Metrics
+from voxws.context import Context, Outcome
+from voxws.engines.base import EngineDead, EngineError
+from voxws.intake import Intake, Segment, Sizer
+from voxws.outbox import Audio
+from voxws.producer import Producer
 from voxws.protocol import Message, ProtocolError
+from voxws.shared import Shared, UnknownVoice
+
+__all__ = ["Session", "Shared", "Transport"]
 
 log = structlog.get_logger("voxws.session")
 _ids = itertools.count(1)
@@ -39,30 +41,29 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-@dataclass
-class Shared:
-    """What every session of one server uses."""
-
-    settings: Settings
-    engine: Engine
-    admission: Admission
-    metrics: Metrics
-    version: str
-    draining: bool = False
-    sessions: set[Session] = field(default_factory=set)
-
-    def limits(self) -> dict[str, float | int]:
-        s = self.settings
-        return {"max_text_chars": s.max_text_chars, "max_contexts": s.max_contexts,
-                "max_message_bytes": s.max_message_bytes, "idle_timeout_s": s.idle_timeout_s,
-                "max_queue": s.max_queue, "rate_limit_per_s": s.rate_limit_per_s,
-                "max_unsent_audio_s": s.max_unsent_audio_s, "text_delay_ms": s.text_delay_ms,
-                "text_buffer_chars": s.text_buffer_chars, "max_model_len": self.engine.max_model_len}
-
-    def hello(self) -> str:
-        e = self.engine
-        return protocol.ready(version=self.version, group=self.settings.group, engine=e.name, model=e.model,
-                              sample_rate=e.sample_rate, limits=self.limits())
+def open_context(shared: Shared, cid: str, opts: protocol.Options, incremental: bool) -> Context:
+    """A context with its encoder, voice and intake sized for the engine (WebSocket and HTTP alike)."""
+    engine, s = shared.engine, shared.settings
+    try:
+        voice_id = shared.resolve_voice(opts.voice)
+    except UnknownVoice as e:
+        raise ProtocolError("unknown_voice", f"voice {str(e)[:64]!r} is not registered", cid) from None
+    prompt = shared.voice_prompt(voice_id) if voice_id else None
+    full = engine.max_model_len
+    if prompt is not None and prompt.positions >= full // 2:
+        raise ProtocolError("bad_option", f"voice {voice_id!r} takes {prompt.positions} positions: too long "
+                            f"for max_model_len {full} (at most half of it)", cid)
+    count = engine.count_tokens
+    if prompt is not None:
+        sizer = Sizer(lambda t: sizing.positions(t, count), full - prompt.positions)
+    else:  # the first segment may become the continuity prompt: keep it within its share
+        budget = sizing.continuity_budget(full)
+        sizer = Sizer(lambda t: sizing.positions(t, count), full - budget, first_limit=budget, full=full)
+    rate = opts.sample_rate or engine.sample_rate
+    intake = Intake(language=opts.language, expand=opts.normalize, sizer=sizer, threshold_chars=s.text_buffer_chars)
+    ctx = Context(cid, opts, Encoder(opts.format, engine.sample_rate, rate), rate, incremental, intake,
+                  voice_id=voice_id, prompt=prompt)
+    return ctx
 
 
 class Session:
@@ -166,10 +167,12 @@ class Session:
         cid = msg.context or f"s{next(_ids)}"
         if msg.context and msg.context in self.contexts:
             raise ProtocolError("context_exists", f"context {cid!r} is open", cid)
-        clean = self._check_text(msg.text, cid)
+        if len(msg.text) > self.s.max_text_chars:
+            raise ProtocolError("text_too_long", f"text over {self.s.max_text_chars} characters", cid)
+        if not text.is_speakable(msg.text):
+            raise ProtocolError("empty_text", "text is empty or only whitespace/punctuation", cid)
         ctx = self._open(cid, msg, incremental=False)
-        ctx.text_chars = len(clean)
-        self._enqueue(ctx, clean, normalized=True)
+        self._enqueue(ctx, ctx.intake.speak(msg.text))
         ctx.segments.put_nowait(None)
         ctx.input_ended = True
 
@@ -185,24 +188,27 @@ class Session:
             raise ProtocolError("text_too_long", f"context text over {self.s.max_text_chars} characters", cid)
         if ctx is None:
             ctx = self._open(cid, msg, incremental=True)
-            ctx.buffer = text.TextBuffer(threshold_chars=self.s.text_buffer_chars,
-                                         max_tokens=self.shared.engine.max_model_len, count_tokens=self._cost)
-        ctx.text_chars += len(msg.text)
-        assert ctx.buffer is not None
-        for ready in ctx.buffer.append(msg.text):
-            self._enqueue(ctx, ready)
+        self._enqueue(ctx, ctx.intake.add(msg.text))
         self._arm_timer(ctx)
 
     def _on_flush(self, msg: Message) -> None:
         ctx = self._incremental(msg)
         self._flush_buffer(ctx)
+        if msg.flush_id is None:
+            return
+        last = ctx.intake.last
+        if last is not None and not last.finished:
+            last.flush_ids.append(msg.flush_id)  # answered once its audio is all queued, in order
+        else:
+            ctx.put_event(protocol.flushed(ctx.id, msg.flush_id), start=False)
+            self._notify(ctx)
 
     def _on_end(self, msg: Message) -> None:
         ctx = self._incremental(msg)
         self._flush_buffer(ctx)
         ctx.input_ended = True
         ctx.segments.put_nowait(None)
-        if ctx.enqueued == 0:
+        if ctx.intake.count == 0:
             # Nothing speakable was ever sent: the context ends like an empty speak.
             self._end(ctx, Outcome("empty_text", protocol.error(
                 "empty_text", "the context received no speakable text", ctx.id)))
@@ -219,40 +225,17 @@ class Session:
 
     # -- contexts --------------------------------------------------------
 
-    def _check_text(self, raw: str, cid: str) -> str:
-        if len(raw) > self.s.max_text_chars:
-            raise ProtocolError("text_too_long", f"text over {self.s.max_text_chars} characters", cid)
-        clean = text.normalize(raw)
-        if not text.is_speakable(clean):
-            raise ProtocolError("empty_text", "text is empty or only whitespace/punctuation", cid)
-        return clean
-
-    def _cost(self, piece: str) -> int:
-        """Engine positions a segment needs (prompt + its audio with margin): the sizing rule."""
-        return sizing.positions(piece, self.shared.engine.count_tokens)
-
-    def _segments(self, clean: str) -> list[str]:
-        limit = self.shared.engine.max_model_len
-        if self._cost(clean) <= limit:
-            return [clean]  # the common case, without the splitter's search (a quarter of a speak's CPU)
-        return text.split_segments(clean, limit, count_tokens=self._cost)
-
     def _open(self, cid: str, msg: Message, incremental: bool) -> Context:
         if self.shared.draining:
             raise ProtocolError("shutting_down", "the server is draining; reconnect to another", cid)
         if len(self.contexts) >= self.s.max_contexts:
             raise ProtocolError("too_many_contexts", f"over {self.s.max_contexts} open contexts", cid)
-        opts = msg.options
-        voices = self.shared.engine.voices()
-        if opts.voice is not None and opts.voice not in voices:
-            raise ProtocolError("unknown_voice", f"voice {opts.voice[:64]!r} is not registered", cid)
-        native = self.shared.engine.sample_rate
-        rate = opts.sample_rate or native
-        ctx = Context(cid, opts, Encoder(opts.format, native, rate), rate, incremental)
+        ctx = open_context(self.shared, cid, msg.options, incremental)
         self.contexts[cid] = ctx
         self.order.append(ctx)
-        producer = Producer(ctx, self.shared.engine, self.shared.admission, push=self._push,
-                            on_queued=self._on_queued, on_admitted=self._on_admitted, wait_room=self._wait_room)
+        producer = Producer(ctx, self.shared.engine, self.shared.admission, notify=self._notify,
+                            on_queued=self._on_queued, on_admitted=self._on_admitted, wait_room=self._wait_room,
+                            prompt_key=f"ctx:{self.id}/{cid}/{next(_ids)}")
         ctx.producer = producer.task = asyncio.create_task(producer.run(), name=f"ctx-{self.id}-{cid}")
         ctx.producer.add_done_callback(lambda t: self._produced(ctx, t))
         self.shared.metrics.contexts_active.inc()
@@ -265,24 +248,21 @@ class Session:
             raise ProtocolError("unknown_context", f"no open incremental context {cid!r}", cid)
         return ctx
 
-    def _enqueue(self, ctx: Context, piece: str, normalized: bool = False) -> None:
-        clean = piece if normalized else text.normalize(piece)
-        if text.is_speakable(clean):
-            for seg in self._segments(clean):
-                ctx.segments.put_nowait(seg)
-                ctx.enqueued += 1
+    @staticmethod
+    def _enqueue(ctx: Context, segments: list[Segment]) -> None:
+        for seg in segments:
+            ctx.segments.put_nowait(seg)
 
     def _flush_buffer(self, ctx: Context) -> None:
         if ctx.timer is not None:
             ctx.timer.cancel()
             ctx.timer = None
-        if ctx.buffer is not None:
-            self._enqueue(ctx, ctx.buffer.flush())
+        self._enqueue(ctx, ctx.intake.flush())
 
     def _arm_timer(self, ctx: Context) -> None:
         if ctx.timer is not None:
             ctx.timer.cancel()
-        if ctx.buffer is not None and ctx.buffer.pending.strip():
+        if ctx.intake.pending.strip():
             loop = asyncio.get_running_loop()
             ctx.timer = loop.call_later(self.s.text_delay_ms / 1000, self._on_timer, ctx)
 
@@ -315,12 +295,8 @@ class Session:
             self.room.clear()
             await self.room.wait()
 
-    def _push(self, ctx: Context, data: bytes) -> None:
-        """An encoded frame is ready (called by the producer)."""
-        if self.closed or (ctx.outcome is not None and ctx.outcome.kind == "cancelled"):
-            return  # a chunk that was already on its way when the context or the socket ended
-        ctx.frames.append(data)
-        ctx.queued_samples += len(data) // ctx.encoder.bytes_per_sample
+    def _notify(self, ctx: Context) -> None:
+        """The producer queued items for ctx."""
         if self.order and ctx is self.order[0]:
             self.wake.set()
             if ctx.queued_seconds > self.s.max_unsent_audio_s:
@@ -350,11 +326,11 @@ class Session:
 
     def _cancel(self, ctx: Context) -> None:
         self._stop_context(ctx)
-        ctx.frames.clear()
-        ctx.queued_samples = 0
+        ctx.lane.clear()
         self._end(ctx, Outcome("cancelled"))
 
     def _stop_context(self, ctx: Context) -> None:
+        ctx.dropping = True  # a chunk already on its way is not queued
         if ctx.timer is not None:
             ctx.timer.cancel()
             ctx.timer = None
@@ -368,8 +344,8 @@ class Session:
         ctx.outcome = outcome
         if outcome.kind != "done":
             self._stop_context(ctx)
-        if not ctx.started and outcome.kind != "done":
-            # No audio of it went out yet: say it now, out of turn.
+        if not ctx.on_wire and not ctx.lane and outcome.kind != "done":
+            # Nothing of it went out and nothing waits: say it now, out of turn.
             self._retire(ctx)
             self._send(self._final_frame(ctx))
         self.wake.set()
@@ -379,9 +355,9 @@ class Session:
         assert o is not None
         if o.kind == "done":
             return protocol.done(ctx.id, audio_ms=ctx.audio_ms, ttfb_ms=ctx.ttfb_ms, chunks=ctx.chunks,
-                                 text_chars=ctx.text_chars, segments=ctx.segment_count)
+                                 text_chars=ctx.text_chars, segments=ctx.segment_count, voice=ctx.voice_id)
         if o.kind == "cancelled":
-            return protocol.cancelled(ctx.id, ctx.audio_ms)
+            return protocol.cancelled(ctx.id, ctx.audio_ms, ctx.source_end_sent())
         assert o.frame is not None
         return o.frame
 
@@ -409,7 +385,7 @@ class Session:
         if outcome not in ("done", "cancelled", "disconnected"):
             m.errors.labels(code=outcome).inc()
         self.log.info("context", context=ctx.id, outcome=outcome, ttfb_ms=ctx.ttfb_ms, audio_ms=ctx.audio_ms,
-                      chunks=ctx.chunks, segments=ctx.segment_count, text_chars=ctx.text_chars)
+                      chunks=ctx.chunks, segments=ctx.segment_count, text_chars=ctx.text_chars, voice=ctx.voice_id)
 
     # -- output ----------------------------------------------------------
 
@@ -439,7 +415,7 @@ class Session:
         """Every open context fails with engine_error; the socket closes 1011."""
         for ctx in list(self.contexts.values()):
             self._stop_context(ctx)
-            ctx.frames.clear()
+            ctx.lane.clear()
             ctx.outcome = Outcome("engine_error", protocol.error("engine_error", f"engine died: {reason}", ctx.id))
             self._retire(ctx)
             self._send(ctx.outcome.frame or "")
@@ -466,21 +442,20 @@ class Session:
                 return
             if order:
                 head = order[0]
-                if head.frames:
+                if head.lane:
+                    item = head.lane.take()
+                    head.on_wire = True
                     self.send_started = time.monotonic()
-                    if not head.started:
-                        head.started = True
-                        await send(protocol.start(head.id, head.options.format, head.out_rate))
-                    data = head.frames.popleft()
-                    n = len(data) // head.encoder.bytes_per_sample
-                    head.queued_samples -= n
-                    await send(data)
-                    head.sent_samples += n
-                    head.chunks += 1
-                    self.room.set()
-                    if head.first_frame_at is None:
-                        head.first_frame_at = time.perf_counter()
-                        self._m_ttfb.observe(head.first_frame_at - head.opened_at)
+                    if type(item) is Audio:
+                        await send(item.payload)
+                        head.sent_samples += item.samples
+                        head.chunks += 1
+                        self.room.set()
+                        if head.first_frame_at is None and item.samples:
+                            head.first_frame_at = time.perf_counter()
+                            self._m_ttfb.observe(head.first_frame_at - head.opened_at)
+                    else:
+                        await send(item.frame)
                     continue
                 if head.outcome is not None:
                     self._retire(head)

@@ -25,6 +25,7 @@ import functools
 import math
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 
 STEPS_PER_SECOND = 6.25
 SECONDS_PER_STEP = 0.16
@@ -155,30 +156,91 @@ def generate_cap(prompt_tokens: int) -> int:
 
 
 def prompt_positions(text: str, count_tokens: CountTokens | None = None) -> int:
-    """Prompt positions: text tokens + the audio-start token (exact when the engine counts)."""
+    """Prompt positions of a text alone: text tokens + the audio-start token (exact when the engine counts)."""
     return count_tokens(text) if count_tokens else estimate_tokens(text) + 1
 
 
-def positions(text: str, count_tokens: CountTokens | None = None) -> int:
-    """Positions one request with this text needs: prompt + natural steps with the safety margin.
+# A voice prompt (a registered voice, or a context's first segment kept for continuity) is the
+# recording's transcript and its audio: the engine's sequence is tokens(transcript + text) + audio-start
+# + one position per 0.16 s of recording + the generated steps.
+VOICE_TOKENS_PER_SECOND = 5  # transcript tokens per second of recording, for sizing before a voice exists
+# A context without a named voice is conditioned on its first segment: that prompt may take at most this
+# share of max_model_len, so the segments after it keep most of the room.
+CONTINUITY_SHARE = 0.25
 
-    Also a segment cost for text.split_segments(text, max_model_len, count_tokens=...): every segment
-    then fits exactly when fits() says so, e.g. ``lambda s: positions(s, engine.count_tokens)``.
-    """
-    return prompt_positions(text, count_tokens) + steps_with_margin(estimate_steps(text))
+
+def audio_positions(samples: int, chunk_samples: int = CHUNK_SAMPLES) -> int:
+    """Positions a prompt recording of this many native-rate samples takes: one per engine step's worth."""
+    return -(-samples // chunk_samples)
 
 
-def fits(text: str, max_model_len: int, count_tokens: CountTokens | None = None) -> bool:
-    """Whether one request with this text fits max_model_len (with room for its audio)."""
-    return positions(text, count_tokens) <= max_model_len
+def voice_positions(transcript_positions: int, samples: int) -> int:
+    """Positions a voice prompt adds to every request that uses it. transcript_positions is the
+    transcript's own count with the audio-start token (count_tokens), which the target already has."""
+    return max(0, transcript_positions - 1) + audio_positions(samples)
+
+
+def continuity_budget(max_model_len: int) -> int:
+    """Most positions a context's continuity prompt (its first segment's text + audio) may take."""
+    return int(max_model_len * CONTINUITY_SHARE)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """One engine request, in positions: the vocabulary of segmentation, segment runs, the engines'
+    refusal and voxws-ops."""
+
+    prompt: int  # positions before any audio: text tokens + audio-start token + voice prompt
+    natural_steps: int  # steps natural speech of the text takes
+    max_model_len: int
+
+    @property
+    def needed(self) -> int:
+        """Positions the request must have room for: prompt + natural steps with the safety margin."""
+        return self.prompt + steps_with_margin(self.natural_steps)
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.max_model_len
+
+    @property
+    def steps(self) -> int:
+        """max_generate_length to ask for: natural steps with room to spare, under the runaway cap."""
+        return max_generate_length(self.prompt, self.max_model_len, self.natural_steps)
+
+
+def fit(text: str, max_model_len: int, count_tokens: CountTokens | None = None, voice: int = 0) -> Fit:
+    """How one request with this (spoken) text and a voice prompt of `voice` positions sits in max_model_len."""
+    return Fit(prompt_positions(text, count_tokens) + voice, estimate_steps(text), max_model_len)
+
+
+def positions(text: str, count_tokens: CountTokens | None = None, voice: int = 0) -> int:
+    """Positions one request with this text needs (fit(...).needed): also the segment cost for
+    text.split_segments(text, max_model_len, count_tokens=...), e.g. ``lambda s: positions(s, count)``."""
+    return prompt_positions(text, count_tokens) + voice + steps_with_margin(estimate_steps(text))
+
+
+def fits(text: str, max_model_len: int, count_tokens: CountTokens | None = None, voice: int = 0) -> bool:
+    """Whether one request with this text (and voice prompt) fits max_model_len, with room for its audio."""
+    return positions(text, count_tokens, voice) <= max_model_len
+
+
+def refusal(prompt: int, max_generate_length: int, max_model_len: int) -> str | None:
+    """The engine's own rule (nano-vllm-voxcpm refuses with ValueError): why a request does not fit, or None.
+    Both engines refuse with it, before any work."""
+    if max_generate_length < 1:
+        return f"max_generate_length={max_generate_length}: must be at least 1"
+    if prompt + max_generate_length > max_model_len:
+        return f"prompt {prompt} + max_generate_length {max_generate_length} > max_model_len {max_model_len}"
+    return None
 
 
 def max_generate_length(prompt_len: int, max_model_len: int, natural_steps: int | None = None) -> int:
     """max_generate_length the server passes to the engine for one segment.
 
-    prompt_len includes the audio-start token. The result never makes prompt_len + result exceed
-    max_model_len, is bounded by the runaway cap generate_cap(prompt_len - 1), and is never below
-    natural_steps when those fit (natural speech wins over the cap in that rare case).
+    prompt_len includes the audio-start token and any voice prompt. The result never makes prompt_len +
+    result exceed max_model_len, is bounded by the runaway cap generate_cap(prompt_len - 1), and is never
+    below natural_steps when those fit (natural speech wins over the cap in that rare case).
     """
     room = max_model_len - prompt_len
     if room < 1:
@@ -208,8 +270,9 @@ def segment_budget(max_model_len: int) -> int:
 _SCRIPT_SAMPLE = {"zh": "中", "ja": "あ", "ko": "한", "en": "abcd "}
 
 
-def min_max_model_len(max_text_chars: int, script: str = "zh") -> int:
-    """Smallest multiple of 256 with which one text of max_text_chars characters fits.
+def min_max_model_len(max_text_chars: int, script: str = "zh", voice_seconds: float = 0.0) -> int:
+    """Smallest multiple of 256 with which one text of max_text_chars characters fits, spoken in a voice
+    of voice_seconds (its recording and a transcript of VOICE_TOKENS_PER_SECOND tokens a second).
 
     script "zh" (default) is the worst case per character; "ja", "ko" are the same; "en" assumes
     4-letter words separated by spaces.
@@ -218,9 +281,15 @@ def min_max_model_len(max_text_chars: int, script: str = "zh") -> int:
         raise ValueError(f"max_text_chars={max_text_chars}: must be a positive integer")
     if script not in _SCRIPT_SAMPLE:
         raise ValueError(f"script={script!r}: must be one of {', '.join(_SCRIPT_SAMPLE)}")
+    if not 0 <= voice_seconds <= 60:
+        raise ValueError(f"voice_seconds={voice_seconds}: must be from 0 to 60")
     sample = _SCRIPT_SAMPLE[script]
     text = (sample * (max_text_chars // len(sample) + 1))[:max_text_chars]
-    return -(-positions(text) // BLOCK_POSITIONS) * BLOCK_POSITIONS
+    voice = 0
+    if voice_seconds:
+        voice = voice_positions(math.ceil(voice_seconds * VOICE_TOKENS_PER_SECOND) + 1,
+                                math.ceil(voice_seconds * SAMPLE_RATE))
+    return -(-positions(text, voice=voice) // BLOCK_POSITIONS) * BLOCK_POSITIONS
 
 
 # Memory (DESIGN.md): KV 16 KiB per position = 32 causal layers x 2 KV heads x 64 dims x (K+V) x bf16.

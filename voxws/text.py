@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 from voxws import sizing
 
@@ -227,12 +227,17 @@ def _segment_text(text: str, p: int, q: int) -> str:
 class _Splitter:
     """Greedy packer over one normalised text: each step takes the farthest cut that fits."""
 
-    def __init__(self, text: str, count_tokens: CountTokens, final: bool = True):
+    def __init__(self, text: str, count_tokens: CountTokens, final: bool = True,
+                 allowed: Container[int] | None = None):
+        """allowed: the only indices where a cut may fall (e.g. not inside a normalized number); None: any."""
         self.text = text
         self.count = count_tokens
-        self.sentences = sentence_cuts(text, final)[0] + [len(text)]
-        self.clauses = clause_cuts(text, final)
-        self.spaces = [i for i, c in enumerate(text) if c.isspace()]
+        self.allowed = allowed
+        ok = (lambda i: True) if allowed is None else (lambda i: i in allowed)
+        self.ok = ok
+        self.sentences = [i for i in sentence_cuts(text, final)[0] if ok(i)] + [len(text)]
+        self.clauses = [i for i in clause_cuts(text, final) if ok(i)]
+        self.spaces = [i for i, c in enumerate(text) if c.isspace() and ok(i)]
 
     def cost(self, p: int, q: int) -> int:
         s = _segment_text(self.text, p, q)
@@ -270,6 +275,8 @@ class _Splitter:
             return self._farthest(p, self.sentences[si:], limit) or e
         # The sentence alone is too long: the farthest code point that fits bounds every other level.
         qmax = self._farthest(p, range(p + 1, e), limit)
+        while qmax is not None and qmax > p + 1 and not self.ok(qmax):
+            qmax -= 1  # never inside one normalized expansion
         if qmax is None:
             raise ValueError(f"max_tokens={limit}: must be at least the token count of one character "
                              f"({text[p]!r} costs {self.cost(p, p + 1)})")
@@ -281,6 +288,8 @@ class _Splitter:
                 return cands[c]
         for level in (3, 4, 5):
             for q in range(qmax, max(p, half if level == 3 else p), -1):
+                if not self.ok(q):
+                    continue
                 if level == 3 and not (sizing.is_cjk(text[q - 1]) or sizing.is_cjk(text[q])):
                     continue  # CJK text has no spaces: a character boundary next to CJK is a word edge
                 if level == 4 and not _grapheme_boundary(text, q):
@@ -313,6 +322,16 @@ def _check_budget(name: str, value: int | None) -> None:
         raise ValueError(f"{name}={value}: must be a positive number of tokens")
 
 
+def split_spans(text: str, max_tokens: int, count_tokens: CountTokens, *, allowed: Container[int] | None = None,
+                first_max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """Spans (start, end) of an already normalised text, cut as split_segments() cuts it, each at most
+    max_tokens by count_tokens; cuts only at `allowed` indices (when given). Spans with nothing speakable
+    are included: the caller decides what they cover."""
+    _check_budget("max_tokens", max_tokens)
+    _check_budget("first_max_tokens", first_max_tokens)
+    return _Splitter(text, count_tokens, allowed=allowed).spans(max_tokens, first_max_tokens)
+
+
 def split_segments(text: str, max_tokens: int, count_tokens: CountTokens = sizing.estimate_tokens,
                    first_max_tokens: int | None = None) -> list[str]:
     """Cut text into segments of at most max_tokens (by count_tokens) each, packing whole sentences.
@@ -322,14 +341,32 @@ def split_segments(text: str, max_tokens: int, count_tokens: CountTokens = sizin
     first_max_tokens: make the first segment the first sentence alone (cut to this budget), so that
     first audio comes sooner. Raises ValueError when a single character costs more than the budget.
     """
-    _check_budget("max_tokens", max_tokens)
-    _check_budget("first_max_tokens", first_max_tokens)
     text = normalize(text)
     if not text:
         return []
-    splitter = _Splitter(text, count_tokens)
-    segs = (_segment_text(text, p, q) for p, q in splitter.spans(max_tokens, first_max_tokens))
+    spans = split_spans(text, max_tokens, count_tokens, first_max_tokens=first_max_tokens)
+    segs = (_segment_text(text, p, q) for p, q in spans)
     return [s for s in segs if is_speakable(s)]
+
+
+def ready_cut(buf: str, threshold_chars: int, max_tokens: int, count_tokens: CountTokens) -> int:
+    """How much of a clean incremental buffer is ready to speak now: up to its last certain sentence end;
+    up to its last clause end once threshold_chars wait after that; and when what is left outgrows
+    max_tokens (a long run without punctuation), all but its tail."""
+    cut = 0
+    cuts, _ = sentence_cuts(buf, final=False)
+    if cuts:
+        cut = cuts[-1]
+    rest = buf[cut:]
+    if len(rest.strip()) >= threshold_chars:
+        clauses = clause_cuts(rest, final=False)
+        if clauses:
+            cut += clauses[-1]
+    tail = buf[cut:]
+    if tail.strip() and count_tokens(tail.strip()) > max_tokens:
+        tail_spans = _Splitter(tail, count_tokens, final=False).spans(max_tokens)
+        cut += tail_spans[-1][0]
+    return cut
 
 
 def _join_clean(buf: str, text: str) -> str:
@@ -371,24 +408,8 @@ class TextBuffer:
 
     def append(self, text: str) -> list[str]:
         buf = _join_clean(self._buf, text)
-        cut = 0
-        cuts, _ = sentence_cuts(buf, final=False)
-        if cuts:
-            cut = cuts[-1]
-        rest = buf[cut:]
-        if len(rest.strip()) >= self.threshold_chars:
-            clauses = clause_cuts(rest, final=False)
-            if clauses:
-                cut += clauses[-1]
-        spans: list[tuple[int, int]] = []
-        if cut:
-            spans = _Splitter(buf[:cut], self.count_tokens).spans(self.max_tokens)
-        tail = buf[cut:]
-        if tail.strip() and self.count_tokens(tail.strip()) > self.max_tokens:
-            # No usable cut and over budget (a long run without punctuation): speak all but the tail.
-            tail_spans = _Splitter(tail, self.count_tokens, final=False).spans(self.max_tokens)
-            spans += [(p + cut, q + cut) for p, q in tail_spans[:-1]]
-            cut += tail_spans[-1][0]
+        cut = ready_cut(buf, self.threshold_chars, self.max_tokens, self.count_tokens)
+        spans = _Splitter(buf[:cut], self.count_tokens).spans(self.max_tokens) if cut else []
         self._buf = buf[cut:].lstrip()
         pieces = (_segment_text(buf, p, q) for p, q in spans)
         return [s for s in pieces if is_speakable(s)]

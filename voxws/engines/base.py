@@ -7,7 +7,7 @@ cancels the sequence inside the engine and frees its slot before the next step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +30,22 @@ class EngineStartError(RuntimeError):
     """The engine cannot start: one clear line for the operator, no traceback."""
 
 
+@dataclass(frozen=True, eq=False)
+class VoicePrompt:
+    """What a request is conditioned on: a recording and its exact transcript (the model imitates it).
+
+    Either a registered voice, or a context's own first segment (so its later segments keep its speaker).
+    `key` names it for engine-side caches (e.g. the latents the real engine derives from the audio)."""
+
+    key: str
+    text: str  # transcript, as the model is given it
+    audio: np.ndarray  # float32 mono at the engine's sample rate
+    positions: int  # what it adds to every request that uses it (sizing.voice_positions)
+    voice_id: str | None = None  # the registered voice, None for a continuity prompt
+    load_cached: Callable[[str], bytes | None] | None = None  # (kind) -> derived data kept by the voice store
+    store_cached: Callable[[str, bytes], None] | None = None
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     text: str
@@ -37,8 +53,9 @@ class GenerateRequest:
     cfg_value: float = 2.0
     temperature: float = 1.0
     seed: int | None = None
-    voice: str | None = None  # a registered prompt id; None = the model's default voice
-    tag: str = ""  # opaque label for logs (and the synthetic engine's chunk marks)
+    prompt: VoicePrompt | None = None  # None: the model picks a voice from the text and seed
+    tag: str = ""  # opaque label for logs
+    segment: int = 0  # index of the segment in its context (logs, the synthetic engine's chunk marks)
 
 
 @runtime_checkable
@@ -61,10 +78,8 @@ class Engine(Protocol):
         """Prompt positions this text takes: text tokens + the audio-start token."""
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[np.ndarray]:
-        """Stream float32 chunks of `chunk_samples` samples. Raises EngineError subclasses."""
-
-    def voices(self) -> frozenset[str]:
-        """Registered voice (prompt) ids a request may name."""
+        """Stream float32 chunks of `chunk_samples` samples. Raises EngineError subclasses; refuses by
+        sizing.refusal(count_tokens(text) + prompt.positions, max_generate_length, max_model_len)."""
 
     @property
     def dead_reason(self) -> str | None:

@@ -21,20 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import json
 import math
 import os
+import wave
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import wait as wait_for_sentinels
 from typing import Any
 
 import numpy as np
 
+from voxws import sizing
 from voxws.config import Settings, missing_model_files
-from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest, VoicePrompt
 from voxws.engines.coalesce import Coalescer
 
 MIN_BATCHED_TOKENS = 16384  # the engine's default; must also be >= max_model_len
+LATENTS_KIND = "nanovllm-latents"  # what the voice store caches per model
+LATENTS_KEPT = 256  # voice prompts' latents kept in memory
 
 PoolFactory = Callable[..., Any]  # (**from_pretrained kwargs) -> pool; called inside the running loop
 # Start-up cross-check of TokenCounter against the engine's own tokenizer wrapper.
@@ -95,6 +101,18 @@ def chunk_samples_of(cfg: dict[str, Any]) -> int:
     vae = cfg.get("audio_vae_config") or {}
     rates = vae.get("decoder_rates") or [8, 8, 5, 2]
     return int(cfg.get("patch_size", 2)) * math.prod(int(r) for r in rates)
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit mono WAV of float32 samples: what the engine's encode_latents reads."""
+    pcm = np.clip(np.rint(np.asarray(audio, np.float32) * 32767), -32767, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
 
 
 def _last_line(text: str) -> str:
@@ -173,6 +191,7 @@ class NanoVllmEngine:
         self._running = 0
         # Tasks parked inside generate() waiting on the engine: the watchdog interrupts them.
         self._waiting: dict[asyncio.Task[Any], int] = {}
+        self._latents: OrderedDict[str, bytes] = OrderedDict()  # voice prompt key -> engine latents
         self._interrupted: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -288,28 +307,48 @@ class NanoVllmEngine:
             raise EngineError("engine not started: no tokenizer yet")
         return self._counter.count(text)
 
-    def voices(self) -> frozenset[str]:
-        return frozenset()
+    async def _prompt_latents(self, prompt: VoicePrompt) -> bytes:
+        """The engine's latents of a voice prompt: from memory, from the voice store's cache (keyed by
+        model), or encoded once by a worker (its VAE encoder; that worker's steps wait meanwhile)."""
+        latents = self._latents.get(prompt.key)
+        if latents is None and prompt.load_cached is not None:
+            latents = prompt.load_cached(LATENTS_KIND)
+        if latents is None:
+            try:
+                latents = await self._pool.encode_latents(wav_bytes(prompt.audio, self.sample_rate), "wav")
+            except Exception as e:
+                line = _last_line(str(e))
+                if "TorchCodec" in line or "torchcodec" in line:
+                    line += (" (the engine loads prompt audio with torchaudio, which needs torchcodec and FFmpeg's "
+                             "libraries on this host: pip install torchcodec; apt-get install ffmpeg)")
+                raise EngineError(f"voice prompt could not be encoded: {line}") from None
+            if prompt.store_cached is not None:
+                prompt.store_cached(LATENTS_KIND, latents)
+        self._latents[prompt.key] = latents
+        self._latents.move_to_end(prompt.key)
+        while len(self._latents) > LATENTS_KEPT:
+            self._latents.popitem(last=False)
+        return latents
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[np.ndarray]:
         if self._dead is not None:
             raise EngineDead(self._dead)
         if self._pool is None:
             raise EngineError("engine not started")
-        if request.voice is not None and request.voice not in self.voices():
-            raise EngineRefused(f"voice={request.voice!r}: not a registered voice")
-        if request.max_generate_length < 1:
-            raise EngineRefused(f"max_generate_length={request.max_generate_length}: must be at least 1")
-        prompt = self.count_tokens(request.text)
-        if prompt + request.max_generate_length > self.max_model_len:
-            raise EngineRefused(f"prompt {prompt} + max_generate_length {request.max_generate_length} "
-                                f"> max_model_len {self.max_model_len}")
+        voice = request.prompt
+        positions = self.count_tokens(request.text) + (voice.positions if voice else 0)
+        why = sizing.refusal(positions, request.max_generate_length, self.max_model_len)
+        if why:
+            raise EngineRefused(why)
         steps = request.max_generate_length
         if self._bench_steps is not None:
             steps = min(steps, self._bench_steps)
+        extra: dict[str, Any] = {}
+        if voice is not None:
+            extra = {"prompt_latents": await self._prompt_latents(voice), "prompt_text": voice.text}
         stream = self._pool.generate(
             target_text=request.text, max_generate_length=steps,
-            cfg_value=request.cfg_value, temperature=request.temperature, seed=request.seed,
+            cfg_value=request.cfg_value, temperature=request.temperature, seed=request.seed, **extra,
         )
         self._running += 1
         try:

@@ -9,18 +9,24 @@ max_model_len, cancellation between steps. Also like the real scheduler, the sur
 
 Step time follows t(batch) = base + per_seq * batch (H100 figures by default).
 
-Audio: a tone whose pitch follows the text, one pitch per step, every pitch a multiple
-of 6.25 Hz so each chunk holds whole periods and chunk seams are click-free. The first
-samples of each chunk carry a mark (tag hash, segment, step, worker step) that survives
-pcm_s16le exactly, so tests can prove no chunk is lost, duplicated or reordered. The mark
-is written in 7-bit pieces (at most 127/32768 = -48 dBFS) so that it stays inaudible.
+Audio: a tone whose pitch follows the text and the speaker, one pitch per step, every pitch
+a multiple of 6.25 Hz so each chunk holds whole periods and chunk seams are click-free. The
+first samples of each chunk carry a mark (tag hash, segment, step, worker step, speaker) that
+survives pcm_s16le exactly, so tests can prove no chunk is lost, duplicated or reordered and
+which voice spoke it. The mark is written in 7-bit pieces (at most 127/32768 = -48 dBFS) so
+that it stays inaudible.
+
+Voices, as the real model: without a prompt the speaker comes from the text and the seed (so
+two segments of one text can differ); with a prompt it is the prompt's speaker (read from a
+synthetic recording's own mark, else derived from the recording's samples), the prompt's
+positions count against max_model_len, and encoding a new prompt costs PROMPT_ENCODE_S of
+that worker's time (the real engine runs its VAE encoder on the worker, stalling its steps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import zlib
 from collections import deque
@@ -31,16 +37,19 @@ import numpy as np
 
 from voxws import sizing
 from voxws.config import Settings
-from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
+from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest, VoicePrompt
 from voxws.engines.coalesce import Coalescer
 
-SAMPLE_RATE = 44100
-CHUNK = 7056  # 4 latent frames x 1764 samples = 0.16 s
+SAMPLE_RATE = sizing.SAMPLE_RATE
+CHUNK = sizing.CHUNK_SAMPLES  # 4 latent frames x 1764 samples = 0.16 s
 MARK_MAGIC = 0x2A5A  # 14-bit values, each written as two 7-bit samples:
 _MARK_SCALE = 1.0 / 32768  # exact through s16, since round(v / 32768 * 32767) == v for v < 2**14
-_MARK_FIELDS = 6
+MARK_FIELDS = 7
+MARK_SAMPLES = 2 * MARK_FIELDS
 COALESCE_S = 0.002
+PROMPT_ENCODE_S = 0.02  # a worker's time to encode a new voice prompt
 _PITCHES = np.arange(20, 68)  # x 6.25 Hz: 125-419 Hz
+SPEAKER_PITCH_STEPS = 8  # a speaker shifts the whole tone by 0-7 pitch steps (x 6.25 Hz)
 
 
 def _tone_table() -> np.ndarray:
@@ -58,15 +67,10 @@ def tag_hash(tag: str) -> int:
     return zlib.crc32(tag.encode()) & 0x3FFF
 
 
-def natural_seconds(text: str) -> float:
-    """The synthetic 'model's speaking rate: 0.25 s per CJK character, 0.07 s per other letter or digit."""
-    cjk = sum(1 for ch in text if sizing.is_cjk(ch))
-    other = sum(1 for ch in text if ch.isalnum() and not sizing.is_cjk(ch))
-    return 0.25 * cjk + 0.07 * other
-
-
 def natural_steps(text: str) -> int:
-    return max(1, math.ceil(natural_seconds(text) * 6.25 - 1e-9))
+    """Steps the synthetic 'model' speaks a text in: exactly the sizing rule's natural estimate
+    (0.25 s per CJK character, 0.07 s per other letter or digit)."""
+    return sizing.estimate_steps(text)
 
 
 def _write_mark(chunk: np.ndarray, values: list[int]) -> None:
@@ -75,11 +79,32 @@ def _write_mark(chunk: np.ndarray, values: list[int]) -> None:
 
 
 def _read_fields(samples_s16: np.ndarray) -> list[int] | None:
-    if len(samples_s16) < 2 * _MARK_FIELDS:
+    if len(samples_s16) < MARK_SAMPLES:
         return None
-    raw = samples_s16[: 2 * _MARK_FIELDS].astype(np.int64)
-    fields = [int(raw[2 * i]) << 7 | int(raw[2 * i + 1]) for i in range(_MARK_FIELDS)]
+    raw = samples_s16[:MARK_SAMPLES].astype(np.int64)
+    fields = [int(raw[2 * i]) << 7 | int(raw[2 * i + 1]) for i in range(MARK_FIELDS)]
     return fields if fields[0] == MARK_MAGIC else None
+
+
+def speaker_of(samples_s16: np.ndarray) -> int | None:
+    """The speaker field of a synthetic chunk's mark (pcm_s16le at the native rate), or None."""
+    fields = _read_fields(samples_s16)
+    return None if fields is None else fields[6]
+
+
+def prompt_speaker(prompt: VoicePrompt) -> int:
+    """Who a prompt recording is: the speaker of a synthetic recording (a continuity prompt made of
+    this engine's own audio), else a hash of the recording (an uploaded voice)."""
+    s16 = np.clip(np.rint(prompt.audio[:MARK_SAMPLES] * 32768), -32768, 32767).astype(np.int16)
+    found = speaker_of(s16)
+    if found is not None:
+        return found
+    return zlib.crc32(np.asarray(prompt.audio, np.float32).tobytes()) & 0x3FFF
+
+
+def text_speaker(text: str, seed: int | None) -> int:
+    """The voice the 'model' picks when no prompt is given: from the text and the seed."""
+    return zlib.crc32(f"{seed}|{text}".encode("utf-8", "surrogatepass")) & 0x3FFF
 
 
 def engine_step(samples_s16: np.ndarray) -> int:
@@ -94,7 +119,7 @@ def read_mark(samples_s16: np.ndarray) -> tuple[int, int, int] | None:
     fields = _read_fields(samples_s16)
     if fields is None:
         return None
-    _, h, seg, lo, hi, _ = fields
+    _, h, seg, lo, hi, _, _ = fields
     return h, seg, lo | (hi << 14)
 
 
@@ -104,6 +129,8 @@ class _Seq:
     steps: int
     tag: str
     segment: int
+    speaker: int
+    encode_s: float  # worker time to encode its prompt first (0 when none or already known)
     out: asyncio.Queue[np.ndarray | BaseException | None] = field(default_factory=asyncio.Queue)
     done_steps: int = 0
     cancelled: bool = False
@@ -162,8 +189,10 @@ class _Worker:
                 # (NANOVLLM_QUEUE_COALESCE_MS), so a burst is prefilled as one batch.
                 await asyncio.sleep(COALESCE_S)
                 continue
-            # The step's compute, then its outputs; a sequence cancelled meanwhile gets nothing.
-            await asyncio.sleep(max(0.0, base + per_seq * len(batch) - self._emit_cost))
+            # The step's compute (plus encoding the prompts of new sequences), then its outputs; a sequence
+            # cancelled meanwhile gets nothing.
+            encode = sum(seq.encode_s for seq in batch if seq.done_steps == 0)
+            await asyncio.sleep(max(0.0, base + per_seq * len(batch) + encode - self._emit_cost))
             self.steps += 1
             crash = s.synthetic_crash_after_steps
             if crash is not None and self.steps >= crash:
@@ -178,12 +207,14 @@ class _Worker:
     def _emit(self, seq: _Seq) -> None:
         step = seq.done_steps
         pos = min(len(seq.text) - 1, step * len(seq.text) // max(1, seq.steps))
-        chunk = _TONES[ord(seq.text[pos]) % len(_PITCHES)].copy()
+        pitch = (ord(seq.text[pos]) % (len(_PITCHES) - SPEAKER_PITCH_STEPS)) + seq.speaker % SPEAKER_PITCH_STEPS
+        chunk = _TONES[pitch].copy()
         # Fade the last chunk out so the end of speech has no click.
         if step == seq.steps - 1:
             chunk[-512:] *= np.linspace(1, 0, 512, dtype=np.float32)
         h = tag_hash(seq.tag)
-        _write_mark(chunk, [MARK_MAGIC, h, seq.segment, step & 0x3FFF, (step >> 14) & 0x3FFF, self.steps & 0x3FFF])
+        _write_mark(chunk, [MARK_MAGIC, h, seq.segment, step & 0x3FFF, (step >> 14) & 0x3FFF, self.steps & 0x3FFF,
+                            seq.speaker])
         seq.done_steps += 1
         seq.out.put_nowait(chunk)
         if seq.done_steps >= seq.steps:
@@ -206,6 +237,7 @@ class SyntheticEngine:
         self._workers: list[_Worker] = []
         self._dead: str | None = None
         self._coalescer = Coalescer()  # as the nano-vllm adapter: a burst becomes one prefill
+        self._encoded: set[str] = set()  # prompt keys already encoded (the real adapter caches latents)
 
     async def start(self) -> None:
         if self._workers:
@@ -249,9 +281,6 @@ class SyntheticEngine:
     def count_tokens(self, text: str) -> int:
         return sizing.estimate_tokens(text) + 1
 
-    def voices(self) -> frozenset[str]:
-        return frozenset({"default"})
-
     async def generate(self, request: GenerateRequest) -> AsyncIterator[np.ndarray]:
         if self._dead:
             raise EngineDead(self._dead)
@@ -260,17 +289,18 @@ class SyntheticEngine:
         marker = self.settings.synthetic_fail_marker
         if marker and marker in request.text:
             raise EngineError("synthetic failure requested by VOXWS_SYNTHETIC_FAIL_MARKER")
-        prompt = self.count_tokens(request.text)
-        if prompt + request.max_generate_length > self.max_model_len:
-            # The real engine's ValueError, same rule.
-            raise EngineRefused(f"prompt {prompt} + max_generate_length {request.max_generate_length} "
-                                f"> max_model_len {self.max_model_len}")
-        seg = 0
-        if "/" in request.tag:
-            tail = request.tag.rsplit("/", 1)[1]
-            seg = int(tail) if tail.isdigit() else 0
+        prompt = request.prompt
+        positions = self.count_tokens(request.text) + (prompt.positions if prompt else 0)
+        why = sizing.refusal(positions, request.max_generate_length, self.max_model_len)
+        if why:
+            raise EngineRefused(why)  # the real engine's ValueError, same rule
+        encode_s = 0.0
+        if prompt is not None and prompt.key not in self._encoded:
+            self._encoded.add(prompt.key)
+            encode_s = PROMPT_ENCODE_S
+        speaker = prompt_speaker(prompt) if prompt else text_speaker(request.text, request.seed)
         seq = _Seq(request.text or " ", max(1, min(natural_steps(request.text), request.max_generate_length)),
-                   request.tag, seg & 0x3FFF)
+                   request.tag, request.segment & 0x3FFF, speaker, encode_s)
         await self._coalescer.wait()
         if self._dead:
             raise EngineDead(self._dead)

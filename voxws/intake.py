@@ -1,0 +1,127 @@
+"""One context's text in, Segments out: the source text kept, normalized once, cut where it fits.
+
+A Segment knows where it came from (`source_start:source_end`, code points into the context's source
+text: the `speak` text, or every `text` message joined) and what the model is given for it (`spoken`,
+after normalization). Incremental text is released at sentence ends (text.ready_cut on a cleaned copy
+of the unreleased tail); each released piece is normalized on its own, then cut into segments that fit
+the engine with room for the voice prompt. The same Intake serves the WebSocket and HTTP requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voxws import normalize as norm
+from voxws import text
+
+
+@dataclass(eq=False)
+class Segment:
+    index: int
+    source_start: int
+    source_end: int
+    text: str  # source[source_start:source_end]
+    spoken: str  # what the model is given
+    src_of: Callable[[int], int]  # spoken index -> source index (for word timing)
+    flush_ids: list[str | int] = field(default_factory=list)  # `flushed` answers due once it is all sent
+    finished: bool = False  # all its audio is in the context's lane
+
+
+@dataclass(frozen=True)
+class Sizer:
+    """How segments are cut: the cost of a spoken text in engine positions, the room one segment may take,
+    and the smaller room of the first segment (when it is to be the context's continuity prompt)."""
+
+    cost: Callable[[str], int]
+    limit: int
+    first_limit: int | None = None
+    full: int | None = None  # a whole `speak` text within this is one segment, whatever first_limit says
+
+
+class Intake:
+    def __init__(self, *, language: str, expand: bool, sizer: Sizer, threshold_chars: int = 60):
+        self.language = language
+        self.expand = expand
+        self.sizer = sizer
+        self.threshold_chars = threshold_chars
+        self.source = ""
+        self.released = 0  # source[:released] has been cut into segments
+        self.count = 0  # segments made
+        self.last: Segment | None = None
+        self._uncovered: int | None = None  # start of unspeakable source text waiting for the next segment
+
+    @property
+    def pending(self) -> str:
+        return self.source[self.released:]
+
+    def speak(self, whole: str) -> list[Segment]:
+        self.source = whole
+        return self._release(len(whole), whole=True)
+
+    def add(self, more: str) -> list[Segment]:
+        """Append incremental text; return the segments that are ready now."""
+        self.source += more
+        tail = norm.normalize(self.pending, expand=False)
+        budget = self.sizer.first_limit if self.count == 0 and self.sizer.first_limit else self.sizer.limit
+        cut = text.ready_cut(tail.spoken, self.threshold_chars, budget, self.sizer.cost)
+        if cut == 0:
+            return []
+        return self._release(self.released + tail.to_source(0, cut)[1])
+
+    def flush(self) -> list[Segment]:
+        return self._release(len(self.source))
+
+    def _release(self, end: int, whole: bool = False) -> list[Segment]:
+        start, self.released = self.released, end
+        if end <= start:
+            return []
+        n = norm.normalize(self.source[start:end], language=self.language, expand=self.expand)
+        spoken = n.spoken
+        if not text.is_speakable(spoken):
+            self._cover(start, n)
+            return []
+        sz = self.sizer
+        first = sz.first_limit if self.count == 0 else None
+        if whole and sz.full is not None and sz.cost(spoken) <= sz.full:
+            spans = [(0, len(spoken))]  # one request: no continuity prompt needed
+        elif sz.cost(spoken) <= (first or sz.limit):
+            spans = [(0, len(spoken))]
+        else:
+            spans = text.split_spans(spoken, sz.limit, sz.cost, allowed=set(n.boundaries()), first_max_tokens=first)
+        out: list[Segment] = []
+        for p, q in spans:
+            while p < q and spoken[p].isspace():
+                p += 1
+            while q > p and spoken[q - 1].isspace():
+                q -= 1
+            a, b = n.to_source(p, q)
+            a, b = a + start, b + start
+            piece = spoken[p:q].replace("\n", " ")
+            if not text.is_speakable(piece):
+                if out:  # stray punctuation joins the segment before it
+                    out[-1].source_end = max(out[-1].source_end, b)
+                    out[-1].text = self.source[out[-1].source_start:out[-1].source_end]
+                elif self._uncovered is None:
+                    self._uncovered = a
+                continue
+            if self._uncovered is not None:
+                a, self._uncovered = min(a, self._uncovered), None
+            seg = Segment(self.count, a, b, self.source[a:b], piece, _mapper(n, start, p))
+            self.count += 1
+            out.append(seg)
+        if out:
+            self.last = out[-1]
+        return out
+
+    def _cover(self, start: int, n: norm.Normalized) -> None:
+        a, b = n.to_source(0, len(n.spoken))
+        if b > a and self._uncovered is None:
+            self._uncovered = a + start
+
+
+def _mapper(n: norm.Normalized, base: int, offset: int) -> Callable[[int], int]:
+    def src_of(i: int) -> int:
+        return base + n.to_source(offset + i, offset + i + 1)[0]
+
+    return src_of
