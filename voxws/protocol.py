@@ -237,8 +237,9 @@ def segment(context: str, *, index: int, text: str, spoken: str, source_start: i
 
 def words(context: str, *, words: list[str], start_ms: list[int], end_ms: list[int], source_start: list[int],
           source_end: list[int], estimated: bool) -> str:
-    return _dumps_client_text({"type": "words", "context": context, "words": words, "start_ms": start_ms, "end_ms": end_ms,
-                  "source_start": source_start, "source_end": source_end, "estimated": estimated})
+    return _dumps_client_text({"type": "words", "context": context, "words": words, "start_ms": start_ms,
+                               "end_ms": end_ms, "source_start": source_start, "source_end": source_end,
+                               "estimated": estimated})
 
 
 def flushed(context: str, flush_id: str | int | None) -> str:
