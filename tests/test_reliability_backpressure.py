@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import running, url
 from tests.wsclient import collect, open_ws, read_until_closed, until
 from voxws.engines.synthetic import CHUNK
+from voxws.outbox import Audio
 from voxws.session import CONTROL_BACKLOG, Session
 
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
@@ -26,7 +27,8 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def held_bytes(session: Session) -> int:
     """Audio the server holds for this socket: queued frames plus the socket's write buffer."""
-    queued = sum(len(f) for ctx in session.contexts.values() for f in ctx.frames)
+    queued = sum(len(item.payload) for ctx in session.contexts.values() for item in ctx.lane.items
+                 if isinstance(item, Audio))
     transport = session.t.ws.transport  # type: ignore[attr-defined]
     return queued + (transport.get_write_buffer_size() if transport else 0)
 
@@ -104,7 +106,7 @@ def test_a_client_that_floods_messages_and_reads_no_replies_is_a_slow_consumer()
                     sent += 500
             assert srv.metrics.slow_consumers._value.get() == 1
             for s in srv.shared.sessions:
-                assert len(s.control) <= CONTROL_BACKLOG + 2
+                assert len(s.out.control) <= CONTROL_BACKLOG + 2
             await until(lambda: len(srv.shared.sessions) == 1)
             await other.send(json.dumps({"type": "speak", "text": "我没事。", "context": "o"}))
             streams, _ = await collect(other)

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import running, serve_process, url
 from tests.wsclient import collect, open_ws, read_until_closed
+from voxws.context import Context
 from voxws.engines.synthetic import natural_steps, tag_hash
 from voxws.session import Session
 
@@ -120,14 +121,14 @@ def test_an_exception_in_one_connections_handler_never_touches_another(monkeypat
 
 
 def test_an_exception_in_a_connections_writer_closes_that_socket_1011(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = Session._final_frame
+    real = Context.final_frame
 
-    def final_frame(self: Session, ctx):  # type: ignore[no-untyped-def]
+    def final_frame(ctx: Context) -> str:
         if ctx.id == "boom":
             raise RuntimeError("injected writer failure")
-        return real(self, ctx)
+        return real(ctx)
 
-    monkeypatch.setattr(Session, "_final_frame", final_frame)
+    monkeypatch.setattr(Context, "final_frame", final_frame)
 
     async def scenario() -> None:
         async with running(**FAST) as srv:

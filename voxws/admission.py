@@ -12,6 +12,7 @@ exceeds max_num_seqs), and the surplus waits here, in FIFO order, bounded by
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -70,3 +71,21 @@ class Admission:
                     fut.set_result(None)  # the slot passes straight to the waiter
                     return
         self.in_use -= 1
+
+
+class TokenBucket:
+    """Control messages per second per socket (`rate_limited` past it), bursts of twice the rate."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True

@@ -11,12 +11,15 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from voxws import protocol
+from voxws import protocol, sizing
+from voxws.admission import Busy
 from voxws.audio import Encoder
-from voxws.engines.base import VoicePrompt
-from voxws.intake import Intake, Segment
+from voxws.engines.base import EngineError, VoicePrompt
+from voxws.intake import Intake, Segment, Sizer
+from voxws.metrics import Metrics
 from voxws.outbox import Audio, Event, Lane
-from voxws.protocol import Options
+from voxws.protocol import Options, ProtocolError
+from voxws.shared import Shared, UnknownVoice
 
 
 @dataclass
@@ -96,6 +99,31 @@ class Context:
         self.lane.put(Audio(payload, samples))
         self.queued_total += samples
 
+    def final_frame(self) -> str:
+        o = self.outcome
+        assert o is not None
+        if o.kind == "done":
+            return protocol.done(self.id, audio_ms=self.audio_ms, ttfb_ms=self.ttfb_ms, chunks=self.chunks,
+                                 text_chars=self.text_chars, segments=self.segment_count, voice=self.voice_id)
+        if o.kind == "cancelled":
+            return protocol.cancelled(self.id, self.audio_ms, self.source_end_sent())
+        assert o.frame is not None
+        return o.frame
+
+    def count_sent(self, m: Metrics) -> None:
+        """Add what was sent since the last call to the counters (they are updated in batches)."""
+        m.chunks.inc(self.chunks - self.chunks_counted)
+        m.audio_seconds.inc((self.sent_samples - self.samples_counted) / self.out_rate)
+        self.chunks_counted, self.samples_counted = self.chunks, self.sent_samples
+
+    def account(self, m: Metrics, outcome: str) -> None:
+        """The context is gone (ended or its socket closed): count it once."""
+        self.count_sent(m)
+        m.contexts_active.dec()
+        m.contexts.labels(outcome=outcome if outcome in ("done", "cancelled", "disconnected") else "error").inc()
+        if outcome not in ("done", "cancelled", "disconnected"):
+            m.errors.labels(code=outcome).inc()
+
     def source_end_sent(self) -> int:
         """Source offset up to which the audio sent so far speaks (segments, or words, sent in full)."""
         best = 0
@@ -103,3 +131,41 @@ class Context:
             if end_samples <= self.sent_samples and source_end > best:
                 best = source_end
         return best
+
+
+def open_context(shared: Shared, cid: str, opts: protocol.Options, incremental: bool) -> Context:
+    """A context with its encoder, voice and intake sized for the engine (WebSocket and HTTP alike)."""
+    engine, s = shared.engine, shared.settings
+    try:
+        voice_id = shared.resolve_voice(opts.voice)
+    except UnknownVoice as e:
+        raise ProtocolError("unknown_voice", f"voice {str(e)[:64]!r} is not registered", cid) from None
+    prompt = shared.voice_prompt(voice_id) if voice_id else None
+    full = engine.max_model_len
+    if prompt is not None and prompt.positions >= full // 2:
+        raise ProtocolError("bad_option", f"voice {voice_id!r} takes {prompt.positions} positions: too long "
+                            f"for max_model_len {full} (at most half of it)", cid)
+    count = engine.count_tokens
+    if prompt is not None:
+        sizer = Sizer(lambda t: sizing.positions(t, count), full - prompt.positions)
+    else:  # the first segment may become the continuity prompt: keep it within its share
+        budget = sizing.continuity_budget(full)
+        sizer = Sizer(lambda t: sizing.positions(t, count), full - budget, first_limit=budget, full=full)
+    rate = opts.sample_rate or engine.sample_rate
+    intake = Intake(language=opts.language, expand=opts.normalize, sizer=sizer, threshold_chars=s.text_buffer_chars)
+    ctx = Context(cid, opts, Encoder(opts.format, engine.sample_rate, rate), rate, incremental, intake,
+                  voice_id=voice_id, prompt=prompt)
+    return ctx
+
+
+def outcome_of(cid: str, err: BaseException | None) -> Outcome:
+    """How a context ends when its producer returns (None) or fails with err."""
+    if err is None:
+        return Outcome("done")
+    if isinstance(err, Busy):
+        return Outcome("busy", protocol.error("busy", "the server's admission queue is full", cid,
+                                              retry_after_ms=err.retry_after_ms))
+    if isinstance(err, ProtocolError):
+        return Outcome(err.code, err.frame())
+    message = str(err) if isinstance(err, EngineError) else "internal error"
+    return Outcome("engine_error", protocol.error("engine_error", message, cid))
