@@ -179,7 +179,7 @@ async def drive(engine: SyntheticEngine, frames: list[str | bytes | float], fini
     assert ends["probe"]["type"] == "done"
     await session.finish()
     await wait_for(lambda: engine.running == 0 and admission.in_use == 0 and admission.queued == 0)
-    assert metrics.contexts_active._value.get() == 0  # every context accounted once
+    assert metrics.value("voxws_contexts_active") == 0  # every context accounted once
     await asyncio.sleep(0)
     assert not (asyncio.all_tasks() - before), asyncio.all_tasks() - before
     return fed

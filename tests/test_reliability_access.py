@@ -81,7 +81,7 @@ def test_token_missing_or_wrong_is_401_in_every_form_and_nothing_runs(token_file
             ]
             assert refused == [401] * len(refused)
             # Nothing reached a session, nothing reached the engine.
-            assert srv.metrics.connections_total._value.get() == 0
+            assert srv.metrics.value("voxws_connections_total") == 0
             assert sum(w.steps for w in srv.engine._workers) == 0 and srv.engine.running == 0
             body = srv.metrics.render().decode()
             assert f'voxws_handshake_refused_total{{status="401"}} {len(refused)}.0' in body

@@ -51,7 +51,7 @@ def test_a_client_that_stops_reading_is_cut_off_with_bounded_memory(path: str) -
             def cut_off() -> bool:
                 nonlocal peak
                 peak = max(peak, held_bytes(session))
-                return srv.metrics.slow_consumers._value.get() == 1
+                return srv.metrics.value("voxws_slow_consumers_total") == 1
 
             await until(cut_off)
             # The engine work of that socket is cancelled at once, its slots are free.
@@ -81,7 +81,7 @@ def test_a_client_that_never_reads_again_is_disconnected() -> None:
         async with running(**FAST, max_unsent_audio_s=1, stall_timeout_s=1) as srv:
             slow, _ = await open_ws(url(srv), max_queue=1)
             await slow.send(json.dumps({"type": "speak", "text": HUGE, "context": "slow"}))
-            await until(lambda: srv.metrics.slow_consumers._value.get() == 1)
+            await until(lambda: srv.metrics.value("voxws_slow_consumers_total") == 1)
             # Stalled writes past stall_timeout_s, then the close handshake's own timeout (5 s): the
             # server lets go of the socket well before TCP keepalive (ping_interval + ping_timeout = 40 s).
             await until(lambda: not srv.shared.sessions, timeout=20)
@@ -100,11 +100,11 @@ def test_a_client_that_floods_messages_and_reads_no_replies_is_a_slow_consumer()
             ws, _ = await open_ws(url(srv), max_queue=1)
             sent = 0
             with contextlib.suppress(ConnectionClosed):
-                while srv.metrics.slow_consumers._value.get() == 0 and sent < 2_000_000:
+                while srv.metrics.value("voxws_slow_consumers_total") == 0 and sent < 2_000_000:
                     for _ in range(500):
                         await ws.send(b"\x00")
                     sent += 500
-            assert srv.metrics.slow_consumers._value.get() == 1
+            assert srv.metrics.value("voxws_slow_consumers_total") == 1
             for s in srv.shared.sessions:
                 assert len(s.out.control) <= CONTROL_BACKLOG + 2
             await until(lambda: len(srv.shared.sessions) == 1)

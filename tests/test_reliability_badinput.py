@@ -159,10 +159,10 @@ def test_frames_that_close_the_socket_and_only_that_socket(frame: object, code: 
             assert len(streams["w"].frames) == natural_steps("长" * 60)
             # Counted like any refusal, by code.
             for _ in range(200):
-                if srv.metrics.errors.labels(code=code)._value.get() == 1:
+                if srv.metrics.value("voxws_errors_total", code=code) == 1:
                     break
                 await asyncio.sleep(0.02)
-            assert srv.metrics.errors.labels(code=code)._value.get() == 1
+            assert srv.metrics.value("voxws_errors_total", code=code) == 1
             await witness.close()
 
     run(scenario())

@@ -89,7 +89,7 @@ def test_disconnect_storm_leaves_no_sequence_slot_session_or_task_behind() -> No
             await until(lambda: not srv.shared.sessions and srv.engine.running == 0)
             assert srv.admission.in_use == 0 and srv.admission.queued == 0
             assert srv.engine.worker_loads() == [(0, 0), (0, 0)]
-            assert srv.metrics.contexts_active._value.get() == 0
+            assert srv.metrics.value("voxws_contexts_active") == 0
             body = srv.metrics.render().decode()
             assert f'voxws_contexts_total{{outcome="disconnected"}} {2 * clients}.0' in body
             await until(lambda: len(asyncio.all_tasks()) <= baseline)

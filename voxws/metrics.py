@@ -30,5 +30,9 @@ class Metrics:
         self.drains = Counter("voxws_drains_total", "Drains started (SIGTERM)", registry=r)
         self.ready = Gauge("voxws_ready", "1 when the engine is loaded and the server is not draining", registry=r)
 
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (0 when it has none yet): for tests and status pages."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
