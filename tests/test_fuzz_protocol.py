@@ -12,18 +12,15 @@ import json
 import math
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzzing import examples, fuzz
 from voxws import protocol
 from voxws.config import FORMATS, SAMPLE_RATES
 from voxws.protocol import CLIENT_TYPES, ERROR_CODES, Message, ProtocolError, parse
 
 KEYS = ("type", "context", "text", "format", "sample_rate", "voice", "cfg_value", "temperature", "seed")
-
-
-def fuzz(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 # Cheap wrong-typed values (the recursive strategy below costs ~2 ms a draw: keep it for the noise test).
@@ -127,7 +124,7 @@ def test_parse_never_raises_on_noise() -> None:
 
     one()
     print(f"fuzz parse_noise: {fed}")
-    assert fed >= 1500
+    assert fed >= examples(1500)
 
 
 def test_parse_nearly_valid_objects() -> None:
@@ -146,7 +143,7 @@ def test_parse_nearly_valid_objects() -> None:
 
     one()
     print(f"fuzz parse_objects: {fed}")
-    assert fed >= 2000
+    assert fed >= examples(2000)
 
 
 def test_parse_damaged_objects() -> None:
@@ -167,4 +164,4 @@ def test_parse_damaged_objects() -> None:
 
     one()
     print(f"fuzz parse_damaged: {fed}")
-    assert fed >= 60_000, fed
+    assert fed >= examples(60_000), fed

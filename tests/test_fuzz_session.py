@@ -18,9 +18,10 @@ import json
 from typing import Any
 
 import structlog
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzzing import examples, fuzz
 from voxws.admission import Admission
 from voxws.config import FORMATS, SAMPLE_RATES, Settings
 from voxws.engines.synthetic import SyntheticEngine
@@ -195,7 +196,7 @@ def test_session_state_machine_fuzz() -> None:
         old = structlog.get_config()
         structlog.configure(processors=[cap])  # no rendering cost; and we see every error logged
 
-        @settings(max_examples=1600, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @fuzz(800)
         @given(st.lists(client_frame(), min_size=10, max_size=60), st.booleans())
         def one(frames: list[str | bytes | float], finish_by_end: bool) -> None:
             nonlocal fed
@@ -210,4 +211,4 @@ def test_session_state_machine_fuzz() -> None:
         loop.run_until_complete(engine.stop())
         loop.close()
     print(f"fuzz session: {fed}")
-    assert fed >= 25_000, fed
+    assert fed >= examples(12_000), fed

@@ -16,15 +16,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ROOT, running, serve_process, url
-from tests.wsclient import collect, open_ws
+from tests.wsclient import collect, open_ws, run
 from voxws import config
 
 TOKEN = "tok-3f9a1c77e2b54d0e9b1a-secret"
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
 
 
 @pytest.fixture

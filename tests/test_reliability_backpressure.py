@@ -4,7 +4,6 @@ and close 1008, and a client that never reads again is dropped without waiting f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 
@@ -12,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import running, url
-from tests.wsclient import collect, open_ws, read_until_closed, until
+from tests.wsclient import collect, open_ws, read_until_closed, run, until
 from voxws.engines.synthetic import CHUNK
 from voxws.outbox import Audio
 from voxws.session import CONTROL_BACKLOG, Session
@@ -20,9 +19,6 @@ from voxws.session import CONTROL_BACKLOG, Session
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 HUGE = "长" * 2000  # 500 s of audio: far more than the socket buffers hold
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
 
 
 def held_bytes(session: Session) -> int:

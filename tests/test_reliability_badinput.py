@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import running, url
-from tests.wsclient import collect, open_ws
+from tests.wsclient import collect, open_ws, run
 from voxws.engines.synthetic import natural_steps, tag_hash
 
 DONE = "done"
@@ -166,7 +166,3 @@ def test_frames_that_close_the_socket_and_only_that_socket(frame: object, code: 
             await witness.close()
 
     run(scenario())
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)

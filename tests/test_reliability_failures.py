@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import running, serve_process, url
-from tests.wsclient import collect, open_ws, read_until_closed
+from tests.wsclient import collect, open_ws, read_until_closed, run
 from voxws.context import Context
 from voxws.engines.synthetic import natural_steps, tag_hash
 from voxws.session import Session
@@ -22,9 +22,6 @@ from voxws.session import Session
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 LONG = "长" * 120  # 30 s of audio, 188 steps
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
 
 
 def http_status(port: int, path: str) -> tuple[int, str]:

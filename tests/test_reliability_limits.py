@@ -10,14 +10,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import running, url
-from tests.wsclient import collect, open_ws, until
+from tests.wsclient import collect, open_ws, run, until
 from voxws.engines.synthetic import natural_steps
 
 FAST = {"synthetic_step_base_ms": 2.0, "synthetic_step_per_seq_ms": 0.0}
 
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
 
 
 async def next_json(ws, timeout: float = 20.0) -> dict:  # type: ignore[no-untyped-def]

@@ -9,12 +9,8 @@ import json
 import numpy as np
 
 from tests.conftest import running, url
-from tests.wsclient import open_ws, until
+from tests.wsclient import open_ws, run, until
 from voxws.engines.synthetic import natural_steps, read_mark, tag_hash
-
-
-def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
 
 
 def test_overload_at_10x_capacity_busy_for_the_excess_and_complete_audio_for_the_rest() -> None:

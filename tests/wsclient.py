@@ -38,6 +38,11 @@ class Stream:
         return out
 
 
+def run(coro: Any) -> Any:
+    """Run one test scenario on a fresh event loop."""
+    return asyncio.run(coro)
+
+
 async def open_ws(uri: str, **kw: Any) -> tuple[ClientConnection, dict[str, Any]]:
     ws = await connect(uri, compression=None, max_size=None, open_timeout=20, **kw)
     hello = json.loads(await ws.recv())

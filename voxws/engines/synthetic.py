@@ -274,6 +274,11 @@ class SyntheticEngine:
     def running(self) -> int:
         return sum(w.load for w in self._workers)
 
+    @property
+    def steps(self) -> int:
+        """Engine steps taken so far (all workers): tests count time in steps."""
+        return sum(w.steps for w in self._workers)
+
     def worker_loads(self) -> list[tuple[int, int]]:
         """(waiting, running) per worker: for tests and metrics."""
         return [(len(w.waiting), len(w.running)) for w in self._workers]
