@@ -147,3 +147,41 @@ def test_memory_estimate() -> None:
 def test_cjk_classifier() -> None:
     assert all(sizing.is_cjk(c) for c in "中文日本語ひらがなカタカナ한국어")
     assert not any(sizing.is_cjk(c) for c in "aZ9。，！？「」・ é")
+
+
+# -- the position vocabulary: voice prompts, one request's fit, the engines' refusal ----------------
+
+
+def test_a_voice_prompt_costs_its_transcript_and_one_position_per_step_of_audio() -> None:
+    # 10 s of recording = 62.5 steps -> 63 positions; a 40-token transcript adds 40 (its audio-start
+    # token is the target's own).
+    assert sizing.voice_positions(41, 10 * 44100) == 40 + 63
+    assert sizing.voice_positions(1, 7056) == 1
+    assert sizing.audio_positions(7057) == 2
+
+
+def test_fit_counts_the_voice_in_the_prompt_and_in_the_room_left() -> None:
+    text = zh(60)
+    alone = sizing.fit(text, 256)
+    voiced = sizing.fit(text, 256, voice=50)
+    assert voiced.prompt == alone.prompt + 50 and voiced.needed == alone.needed + 50
+    assert alone.fits and not sizing.fit(text, 256, voice=200).fits
+    assert voiced.prompt + voiced.steps <= 256  # never more than the engine takes
+    assert sizing.refusal(voiced.prompt, voiced.steps, 256) is None
+    assert sizing.refusal(voiced.prompt, 256, 256) == (f"prompt {voiced.prompt} + max_generate_length 256 > "
+                                                       "max_model_len 256")
+    assert sizing.positions(text, voice=50) == voiced.needed
+
+
+def test_min_max_model_len_makes_room_for_a_voice() -> None:
+    # 313 characters need 929 positions; a 10 s voice adds 63 audio positions and a 50-token transcript.
+    assert sizing.min_max_model_len(313) == 1024
+    assert sizing.min_max_model_len(313, voice_seconds=10) == 1280
+    assert sizing.fits(zh(313), 1280, voice=sizing.voice_positions(51, 441000))
+    assert not sizing.fits(zh(313), 1024, voice=sizing.voice_positions(51, 441000))
+    with pytest.raises(ValueError, match="voice_seconds=61"):
+        sizing.min_max_model_len(10, voice_seconds=61)
+
+
+def test_the_continuity_prompt_keeps_a_quarter_of_max_model_len() -> None:
+    assert sizing.continuity_budget(2048) == 512 and sizing.continuity_budget(256) == 64
