@@ -183,5 +183,8 @@ def test_min_max_model_len_makes_room_for_a_voice() -> None:
         sizing.min_max_model_len(10, voice_seconds=61)
 
 
-def test_the_continuity_prompt_keeps_a_quarter_of_max_model_len() -> None:
-    assert sizing.continuity_budget(2048) == 512 and sizing.continuity_budget(256) == 64
+def test_the_continuity_prompt_keeps_a_quarter_of_max_model_len_and_at_most_13_s() -> None:
+    assert sizing.continuity_budget(256) == 64 and sizing.continuity_budget(512) == 128
+    assert sizing.continuity_budget(2048) == 160
+    longest = max(n for n in range(1, 200) if sizing.positions(zh(n)) <= 160)
+    assert longest * 0.25 <= 13.5  # seconds of speech at most

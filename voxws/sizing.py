@@ -165,8 +165,10 @@ def prompt_positions(text: str, count_tokens: CountTokens | None = None) -> int:
 # + one position per 0.16 s of recording + the generated steps.
 VOICE_TOKENS_PER_SECOND = 5  # transcript tokens per second of recording, for sizing before a voice exists
 # A context without a named voice is conditioned on its first segment: that prompt may take at most this
-# share of max_model_len, so the segments after it keep most of the room.
+# share of max_model_len (so the segments after it keep most of the room), and at most CONTINUITY_MAX
+# positions (a first segment of ~13 s at most: longer prompts cost every later segment prefill and KV).
 CONTINUITY_SHARE = 0.25
+CONTINUITY_MAX = 160
 
 
 def audio_positions(samples: int, chunk_samples: int = CHUNK_SAMPLES) -> int:
@@ -182,7 +184,7 @@ def voice_positions(transcript_positions: int, samples: int) -> int:
 
 def continuity_budget(max_model_len: int) -> int:
     """Most positions a context's continuity prompt (its first segment's text + audio) may take."""
-    return int(max_model_len * CONTINUITY_SHARE)
+    return min(int(max_model_len * CONTINUITY_SHARE), CONTINUITY_MAX)
 
 
 @dataclass(frozen=True)
