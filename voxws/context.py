@@ -15,7 +15,7 @@ from voxws import protocol, sizing
 from voxws.admission import Busy
 from voxws.audio import Encoder
 from voxws.engines.base import EngineError, VoicePrompt
-from voxws.intake import Intake, Segment, Sizer
+from voxws.intake import Intake, Release, Sizer
 from voxws.metrics import Metrics
 from voxws.outbox import Audio, Event, Lane
 from voxws.protocol import Options, ProtocolError
@@ -41,7 +41,7 @@ class Context:
     voice_id: str | None = None  # the registered voice it speaks in (None: the model's own)
     prompt: VoicePrompt | None = None  # the voice prompt every segment is conditioned on, once known
     opened_at: float = field(default_factory=time.perf_counter)
-    segments: asyncio.Queue[Segment | None] = field(default_factory=asyncio.Queue)
+    releases: asyncio.Queue[Release | None] = field(default_factory=asyncio.Queue)  # None: input ended
     lane: Lane = field(default_factory=Lane)
     queued_total: int = 0  # samples ever put in the lane: the audio start of what is put next
     sent_samples: int = 0

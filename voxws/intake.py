@@ -1,10 +1,14 @@
 """One context's text in, Segments out: the source text kept, normalized once, cut where it fits.
 
+Two steps. `speak` / `add` / `flush` decide, at once and cheaply, which part of the source text is
+ready to speak: a Release (the whole `speak` text; for incremental text, up to a sentence end found by
+text.ready_cut on a cleaned copy of the unreleased tail). `cut(release)` then normalizes it (off the
+event loop when that is costly: normalize.normalize_async) and cuts it into Segments that fit the
+engine with room for the voice prompt; the producer awaits it, in order.
+
 A Segment knows where it came from (`source_start:source_end`, code points into the context's source
-text: the `speak` text, or every `text` message joined) and what the model is given for it (`spoken`,
-after normalization). Incremental text is released at sentence ends (text.ready_cut on a cleaned copy
-of the unreleased tail); each released piece is normalized on its own, then cut into segments that fit
-the engine with room for the voice prompt. The same Intake serves the WebSocket and HTTP requests.
+text: the `speak` text, or every `text` message joined) and what the model is given for it (`spoken`).
+The same Intake serves the WebSocket and HTTP requests.
 """
 
 from __future__ import annotations
@@ -17,6 +21,22 @@ from voxws import text
 
 
 @dataclass(eq=False)
+class Release:
+    """Source text ready to speak, and the `flush_id`s to answer once its audio is all sent."""
+
+    start: int
+    end: int
+    flush_ids: list[str | int] = field(default_factory=list)
+    done: bool = False  # its audio is all in the context's lane
+    after: Release | None = None  # nothing speakable: it is done when this earlier release is
+
+    @property
+    def finished(self) -> bool:
+        """Whether a flush now would be answered at once (all audio of this release is queued)."""
+        return self.done or (self.after is not None and self.after.finished)
+
+
+@dataclass(eq=False)
 class Segment:
     index: int
     source_start: int
@@ -24,8 +44,7 @@ class Segment:
     text: str  # source[source_start:source_end]
     spoken: str  # what the model is given
     src_of: Callable[[int], int]  # spoken index -> source index (for word timing)
-    flush_ids: list[str | int] = field(default_factory=list)  # `flushed` answers due once it is all sent
-    finished: bool = False  # all its audio is in the context's lane
+    release: Release | None = None  # set on the last segment of a release: its end ends the release
 
 
 @dataclass(frozen=True)
@@ -48,42 +67,50 @@ class Intake:
         self.source = ""
         self.released = 0  # source[:released] has been cut into segments
         self.count = 0  # segments made
-        self.last: Segment | None = None
+        self.whole = False  # a `speak` context
+        self.last: Release | None = None
         self._uncovered: int | None = None  # start of unspeakable source text waiting for the next segment
 
     @property
     def pending(self) -> str:
         return self.source[self.released:]
 
-    def speak(self, whole: str) -> list[Segment]:
+    def speak(self, whole: str) -> Release:
         self.source = whole
-        return self._release(len(whole), whole=True)
+        self.whole = True
+        return self._release(len(whole))
 
-    def add(self, more: str) -> list[Segment]:
-        """Append incremental text; return the segments that are ready now."""
+    def add(self, more: str) -> Release | None:
+        """Append incremental text; return what is ready to speak now, if anything."""
         self.source += more
         tail = norm.normalize(self.pending, expand=False)
         budget = self.sizer.first_limit if self.count == 0 and self.sizer.first_limit else self.sizer.limit
         cut = text.ready_cut(tail.spoken, self.threshold_chars, budget, self.sizer.cost)
         if cut == 0:
-            return []
+            return None
         return self._release(self.released + tail.to_source(0, cut)[1])
 
-    def flush(self) -> list[Segment]:
+    def flush(self) -> Release | None:
         return self._release(len(self.source))
 
-    def _release(self, end: int, whole: bool = False) -> list[Segment]:
-        start, self.released = self.released, end
+    def _release(self, end: int) -> Release | None:
+        start, self.released = self.released, max(self.released, end)
         if end <= start:
-            return []
-        n = norm.normalize(self.source[start:end], language=self.language, expand=self.expand)
+            return None
+        self.last = Release(start, end)
+        return self.last
+
+    async def cut(self, rel: Release) -> list[Segment]:
+        """The release's segments (none when it has nothing speakable)."""
+        start, end = rel.start, rel.end
+        n = await norm.normalize_async(self.source[start:end], language=self.language, expand=self.expand)
         spoken = n.spoken
         if not text.is_speakable(spoken):
             self._cover(start, n)
             return []
         sz = self.sizer
         first = sz.first_limit if self.count == 0 else None
-        if whole and sz.full is not None and sz.cost(spoken) <= sz.full:
+        if self.whole and sz.full is not None and sz.cost(spoken) <= sz.full:
             spans = [(0, len(spoken))]  # one request: no continuity prompt needed
         elif sz.cost(spoken) <= (first or sz.limit):
             spans = [(0, len(spoken))]
@@ -107,11 +134,10 @@ class Intake:
                 continue
             if self._uncovered is not None:
                 a, self._uncovered = min(a, self._uncovered), None
-            seg = Segment(self.count, a, b, self.source[a:b], piece, _mapper(n, start, p))
+            out.append(Segment(self.count, a, b, self.source[a:b], piece, _mapper(n, start, p)))
             self.count += 1
-            out.append(seg)
         if out:
-            self.last = out[-1]
+            out[-1].release = rel
         return out
 
     def _cover(self, start: int, n: norm.Normalized) -> None:

@@ -55,3 +55,7 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
         idx.pop()
     _ = bisect
     return Normalized(text, "".join(spoken), tuple(idx))
+
+
+async def normalize_async(text: str, *, language: str = "auto", expand: bool = True) -> Normalized:
+    return normalize(text, language=language, expand=expand)

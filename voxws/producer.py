@@ -28,7 +28,7 @@ from voxws import progress, protocol, sizing
 from voxws.admission import Admission, Busy
 from voxws.context import Context
 from voxws.engines.base import Engine, EngineError, GenerateRequest, VoicePrompt
-from voxws.intake import Segment
+from voxws.intake import Release, Segment
 from voxws.protocol import ProtocolError
 
 LOOKAHEAD = 8  # steps: covers slot hand-over + prefill of the next segment with room to spare
@@ -75,25 +75,29 @@ class Producer:
         first: SegmentRun | None = None
         try:
             while True:
-                seg = await ctx.segments.get()
-                if seg is None:
+                rel = await ctx.releases.get()
+                if rel is None:
                     break
-                if prev is not None:
-                    await prev.handoff.wait()  # the current segment is near its end
-                    await self.wait_room(ctx)  # the client has taken enough of what it was given
-                if first is not None and first.keep is not None:
-                    await first.generated.wait()  # its audio is the prompt of this one
-                    self._keep_voice(first)
-                run = SegmentRun(self, seg, after=prev)
-                if first is None:
-                    first = run
-                    if ctx.prompt is None and ctx.voice_id is None and (ctx.incremental or ctx.intake.count > 1):
-                        run.keep = []
-                ctx.segment_count += 1
-                self.runs.append(run)
-                run.task = asyncio.create_task(run.main())
-                prev = run
-                self.runs = [r for r in self.runs if not r.complete.is_set()]
+                segments = await ctx.intake.cut(rel)
+                if not segments:
+                    self._nothing_to_say(rel, prev)
+                for seg in segments:
+                    if prev is not None:
+                        await prev.handoff.wait()  # the current segment is near its end
+                        await self.wait_room(ctx)  # the client has taken enough of what it was given
+                    if first is not None and first.keep is not None:
+                        await first.generated.wait()  # its audio is the prompt of this one
+                        self._keep_voice(first)
+                    run = SegmentRun(self, seg, after=prev)
+                    if first is None:
+                        first = run
+                        if ctx.prompt is None and ctx.voice_id is None and (ctx.incremental or len(segments) > 1):
+                            run.keep = []
+                    ctx.segment_count += 1
+                    self.runs.append(run)
+                    run.task = asyncio.create_task(run.main())
+                    prev = run
+                    self.runs = [r for r in self.runs if not r.complete.is_set()]
             if prev is not None:
                 await prev.complete.wait()
             for pkt in ctx.encoder.flush_packets():
@@ -103,6 +107,19 @@ class Producer:
             for r in self.runs:
                 if r.task is not None and not r.task.done():
                     r.task.cancel()
+
+    def _nothing_to_say(self, rel: Release, prev: SegmentRun | None) -> None:
+        """A release with nothing speakable: its flushes are answered with the audio before it."""
+        before = prev.seg.release if prev is not None else None
+        if before is not None and not before.finished:
+            before.flush_ids.extend(rel.flush_ids)
+            rel.flush_ids = before.flush_ids
+            rel.after = before
+            return
+        rel.done = True
+        for fid in rel.flush_ids:
+            self.ctx.put_event(protocol.flushed(self.ctx.id, fid), start=False)
+        self.notify(self.ctx)
 
     def _keep_voice(self, first: SegmentRun) -> None:
         """The first segment becomes the context's voice prompt, if it fits its share of max_model_len."""
@@ -169,9 +186,10 @@ class Producer:
             length = ctx.queued_total - run.audio_start
             self._words(run, 1 << 62, length)
         ctx.spoken_marks.append((ctx.queued_total, seg.source_end))
-        seg.finished = True
-        for fid in seg.flush_ids:
-            ctx.put_event(protocol.flushed(ctx.id, fid))
+        if seg.release is not None:
+            seg.release.done = True
+            for fid in seg.release.flush_ids:
+                ctx.put_event(protocol.flushed(ctx.id, fid))
         self.notify(ctx)
 
 

@@ -17,7 +17,7 @@ from voxws import protocol, text
 from voxws.admission import Busy, TokenBucket
 from voxws.context import Context, Outcome, open_context, outcome_of
 from voxws.engines.base import EngineDead, EngineError
-from voxws.intake import Segment
+from voxws.intake import Release
 from voxws.producer import Producer
 from voxws.protocol import Message, ProtocolError
 from voxws.shared import Shared
@@ -114,7 +114,7 @@ class Session:
             raise ProtocolError("empty_text", "text is empty or only whitespace/punctuation", cid)
         ctx = self._open(cid, msg, incremental=False)
         self._enqueue(ctx, ctx.intake.speak(msg.text))
-        ctx.segments.put_nowait(None)
+        ctx.releases.put_nowait(None)
         ctx.input_ended = True
 
     def _on_text(self, msg: Message) -> None:
@@ -140,7 +140,7 @@ class Session:
         last = ctx.intake.last
         if last is not None and not last.finished:
             last.flush_ids.append(msg.flush_id)  # answered once its audio is all queued, in order
-        else:
+        else:  # all audio of the text before it is queued already
             ctx.put_event(protocol.flushed(ctx.id, msg.flush_id), start=False)
             self._notify(ctx)
 
@@ -148,8 +148,8 @@ class Session:
         ctx = self._incremental(msg)
         self._flush_buffer(ctx)
         ctx.input_ended = True
-        ctx.segments.put_nowait(None)
-        if ctx.intake.count == 0:
+        ctx.releases.put_nowait(None)
+        if not text.is_speakable(ctx.intake.source):
             # Nothing speakable was ever sent: the context ends like an empty speak.
             self._end(ctx, Outcome("empty_text", protocol.error(
                 "empty_text", "the context received no speakable text", ctx.id)))
@@ -190,9 +190,9 @@ class Session:
         return ctx
 
     @staticmethod
-    def _enqueue(ctx: Context, segments: list[Segment]) -> None:
-        for seg in segments:
-            ctx.segments.put_nowait(seg)
+    def _enqueue(ctx: Context, release: Release | None) -> None:
+        if release is not None:
+            ctx.releases.put_nowait(release)
 
     def _flush_buffer(self, ctx: Context) -> None:
         if ctx.timer is not None:

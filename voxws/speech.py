@@ -20,6 +20,7 @@ from voxws.outbox import Audio
 from voxws.producer import Producer
 from voxws.protocol import Options, ProtocolError
 from voxws.shared import Shared
+from voxws.text import is_speakable
 from voxws.writer import HEAD_AHEAD_S
 
 _ids = itertools.count(1)
@@ -43,7 +44,7 @@ class Speech:
             raise ProtocolError("shutting_down", "the server is draining")
         if len(text) > s.max_text_chars:
             raise ProtocolError("text_too_long", f"input over {s.max_text_chars} characters")
-        if not text.strip() or not any(c.isalnum() for c in text):
+        if not is_speakable(text):
             raise ProtocolError("empty_text", "input is empty or only whitespace/punctuation")
         self.shared = shared
         self.ctx: Context = open_context(shared, f"h{next(_ids)}", options, incremental=False)
@@ -51,9 +52,8 @@ class Speech:
         self._room = asyncio.Event()
         self._accounted = False
         ctx = self.ctx
-        for seg in ctx.intake.speak(text):
-            ctx.segments.put_nowait(seg)
-        ctx.segments.put_nowait(None)
+        for rel in (ctx.intake.speak(text), None):
+            ctx.releases.put_nowait(rel)
         ctx.input_ended = True
         producer = Producer(ctx, shared.engine, shared.admission, notify=self._notify, on_queued=lambda c, p: None,
                             on_admitted=lambda c, w: shared.metrics.queue_wait.observe(w), wait_room=self._wait_room,
