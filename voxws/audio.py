@@ -122,6 +122,16 @@ class Encoder:
         data = self.flush()
         return [Packet(data, len(data) // self.bytes_per_sample)] if data else []
 
+    @property
+    def heavy(self) -> bool:
+        return False
+
+    async def packets_async(self, chunk: np.ndarray) -> list[Packet]:
+        return self.packets(chunk)
+
+    async def flush_packets_async(self) -> list[Packet]:
+        return self.flush_packets()
+
     def flush(self) -> bytes:
         """The resampler's tail at the end of the stream (b"" when not resampling)."""
         if self._stream is None or self._flushed:

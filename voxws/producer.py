@@ -13,6 +13,10 @@ then waits until segment 0 has been generated in full (its audio is the prompt);
 
 Progress: before a segment's first audio the producer queues its `segment` message, and with word
 timestamps, before each packet the `words` whose estimated start falls in it (voxws/progress.py).
+
+Encoding: PCM and WAV encode inline (tens of microseconds a chunk). The compressed formats cost up to
+milliseconds a chunk (docs/benchmarks.md, "Encoding cost"), so their chunks go through an ordered
+stage: one task per context that awaits the encoder off the event loop, then queues in order.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import structlog
 
 from voxws import progress, protocol, sizing
 from voxws.admission import Admission, Busy
+from voxws.audio import Packet
 from voxws.context import Context
 from voxws.engines.base import Engine, EngineError, GenerateRequest, VoicePrompt
 from voxws.intake import Release, Segment
@@ -53,6 +58,11 @@ class Producer:
         self.task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         self.native_to_out = ctx.out_rate / engine.sample_rate
+        # Heavy encoders: (run, chunk) in order; chunk None: the run's audio is all made; run None: an event.
+        self.stage: asyncio.Queue[tuple[SegmentRun | None, np.ndarray | str | None]] | None = None
+        self.stage_task: asyncio.Task[None] | None = None
+        if ctx.encoder.heavy:
+            self.stage = asyncio.Queue()
 
     def fail(self, error: BaseException) -> None:
         """A segment failed: stop the whole context with that error."""
@@ -100,13 +110,17 @@ class Producer:
                     self.runs = [r for r in self.runs if not r.complete.is_set()]
             if prev is not None:
                 await prev.complete.wait()
-            for pkt in ctx.encoder.flush_packets():
+            if self.stage is not None:
+                await self.stage.join()
+            for pkt in await ctx.encoder.flush_packets_async():
                 ctx.put_audio(pkt.data, pkt.samples)
             self.notify(ctx)
         finally:
             for r in self.runs:
                 if r.task is not None and not r.task.done():
                     r.task.cancel()
+            if self.stage_task is not None:
+                self.stage_task.cancel()
 
     def _nothing_to_say(self, rel: Release, prev: SegmentRun | None) -> None:
         """A release with nothing speakable: its flushes are answered with the audio before it."""
@@ -118,8 +132,39 @@ class Producer:
             return
         rel.done = True
         for fid in rel.flush_ids:
-            self.ctx.put_event(protocol.flushed(self.ctx.id, fid), start=False)
+            self._event(protocol.flushed(self.ctx.id, fid))
+
+    def _event(self, frame: str) -> None:
+        """A message that needs no audio after it (`flushed`), in order with the audio before it."""
+        if self.stage is not None:
+            self._staged(None, frame)
+            return
+        self.ctx.put_event(frame, start=False)
         self.notify(self.ctx)
+
+    def _staged(self, run: SegmentRun | None, item: np.ndarray | str | None) -> None:
+        assert self.stage is not None
+        if self.stage_task is None:
+            self.stage_task = asyncio.create_task(self._stage_loop(), name=f"encode-{self.ctx.id}")
+        self.stage.put_nowait((run, item))
+
+    async def _stage_loop(self) -> None:
+        assert self.stage is not None
+        while True:
+            run, item = await self.stage.get()
+            try:
+                if run is None:
+                    self.ctx.put_event(str(item), start=False)
+                    self.notify(self.ctx)
+                elif item is None:
+                    self._finished(run)
+                else:
+                    assert not isinstance(item, str)
+                    self._emit_packets(run, await self.ctx.encoder.packets_async(item))
+            except Exception as e:  # the encoder failed: the context fails, as on an engine error
+                self.fail(EngineError(f"encoding failed: {e}"))
+            finally:
+                self.stage.task_done()
 
     def _keep_voice(self, first: SegmentRun) -> None:
         """The first segment becomes the context's voice prompt, if it fits its share of max_model_len."""
@@ -148,10 +193,16 @@ class Producer:
             run.words = progress.schedule(ctx.intake.source, seg, expected)
 
     def emit(self, run: SegmentRun, chunk: np.ndarray) -> None:
+        if self.stage is not None:
+            self._staged(run, chunk)
+            return
+        self._emit_packets(run, self.ctx.encoder.packets(chunk))
+
+    def _emit_packets(self, run: SegmentRun, packets: list[Packet]) -> None:
         ctx = self.ctx
         if not run.announced:
             self.announce(run)
-        for pkt in ctx.encoder.packets(chunk):
+        for pkt in packets:
             if run.words:
                 self._words(run, ctx.queued_total - run.audio_start + pkt.samples, None)
             ctx.put_audio(pkt.data, pkt.samples)
@@ -178,6 +229,12 @@ class Producer:
         ctx.spoken_marks.extend((base + e, w.source_end) for w, e in zip(picked, ends, strict=True))
 
     def finished(self, run: SegmentRun) -> None:
+        if self.stage is not None:
+            self._staged(run, None)
+            return
+        self._finished(run)
+
+    def _finished(self, run: SegmentRun) -> None:
         """All of the segment's audio is queued: the rest of its words, its end, flush answers."""
         ctx, seg = self.ctx, run.seg
         if not run.announced:
