@@ -119,16 +119,21 @@ class Speech:
             self._changed.clear()
             await self._changed.wait()
 
-    async def aclose(self) -> None:
-        """Stop (the client went away, or the body ended): the engine slot is freed within one step."""
+    def stop(self) -> None:
+        """Stop now (the client went away, or the body ended): cancels the engine work, whose slot is
+        free before the next step. Synchronous, so it runs even inside a cancelled request task."""
         ctx = self.ctx
         ctx.dropping = True
         if ctx.producer is not None and not ctx.producer.done():
             ctx.producer.cancel()
-            await asyncio.gather(ctx.producer, return_exceptions=True)
         if ctx.outcome is None:
             ctx.outcome = Outcome("disconnected")
         self._account(ctx.outcome.kind)
+
+    async def aclose(self) -> None:
+        self.stop()
+        if self.ctx.producer is not None:
+            await asyncio.gather(self.ctx.producer, return_exceptions=True)
 
     def _account(self, outcome: str) -> None:
         if not self._accounted:
