@@ -72,7 +72,7 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default
         if required:
             raise BadRequest(f"`{key}` is required", key)
         return default
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise BadRequest(f"`{key}` has the wrong type", key)
     return value
 
