@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import itertools
 import re
 import threading
 import unicodedata
@@ -112,7 +113,7 @@ def _cleanup(text: str) -> tuple[str, list[int], list[int]]:
     # the whole text becomes one cluster (correct, only coarse).
     bounds = [k for k in range(len(chars)) if k == 0 or _starts_cluster(chars[k])] + [len(chars)]
     units: list[tuple[str, int, int]] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         units.append((unicodedata.normalize("NFC", "".join(chars[a:b])), pos[a], pos[b - 1] + 1))
     joined = "".join(u for u, _, _ in units)
     if joined != unicodedata.normalize("NFC", "".join(chars)):
@@ -154,17 +155,20 @@ _PROTECTED = re.compile(
     r"|\b(?:[A-Za-z0-9-]+\.)+(?:com|org|net|io|ai|dev|app|edu|gov|cn|uk|de|jp|fr|info|co)\b(?:/[^\s，。]*)?"
     r"|(?<![\w.])[vV]\d+(?:\.\d+)+[a-z0-9]*"  # v1.2.3
     r"|(?<![\w.])\d+(?:\.\d+){2,}(?![\w.]*\d)"  # 1.2.3, 10.0.0.1
-    r"|(?<=[A-Za-z][ ])\d+\.\d+(?:\.\d+)*(?=[^\d%‰]|$)"  # Python 3.11, iOS 17.2 (see _name_before)
+    r"|(?<=[A-Za-z][ ])\d+\.\d+(?:\.\d+)*(?=[^\d%‰]|$)"  # Python 3.11, iOS 17.2 (filtered in _protected_spans)
     r"|(?<=[A-Za-z])\d+\.\d+(?=[^\d%‰]|$)"  # Python3.11
     r"|(?<=版本)\d+(?:\.\d+)+"
 )
 # A capitalised word before a decimal makes it a version ("Python 3.11"), unless it is one of these.
-_NOT_NAMES = frozenset("""
-    a an the it is was are be in on at by for of to from and or but if as with about only just over under
-    around nearly almost each every all some total costs cost pay paid pi its this that these those there
-    here then than up down into out off per near below above after before since until between
-""".split())
+_NOT_NAMES = frozenset((
+    "a", "an", "the", "it", "is", "was", "are", "be", "in", "on", "at", "by", "for", "of", "to", "from", "and",
+    "or", "but", "if", "as", "with", "about", "only", "just", "over", "under", "around", "nearly", "almost",
+    "each", "every", "all", "some", "total", "costs", "cost", "pay", "paid", "pi", "its", "this", "that", "these",
+    "those", "there", "here", "then", "than", "up", "down", "into", "out", "off", "per", "near", "below", "above",
+    "after", "before", "since", "until", "between",
+))
 
+_VERSION_WORDS = frozenset(("version", "ver", "release", "build", "python", "node", "java"))
 _HOT = re.compile(r"\d")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 
@@ -183,7 +187,8 @@ def _protected_spans(text: str) -> list[tuple[int, int]]:
         s, e = m.span()
         if s > 0 and text[s - 1] in " " and text[s].isdigit() and "." in m.group() and m.group().count(".") == 1:
             word = re.search(r"([A-Za-z][\w+#-]*) $", text[max(0, s - 40):s])
-            if word is None or word.group(1).lower() in _NOT_NAMES or word.group(1).islower():
+            name = word.group(1) if word else ""
+            if name.lower() not in _VERSION_WORDS and (not name or name.lower() in _NOT_NAMES or name.islower()):
                 continue  # "costs 3.50", "pi is 3.14": a decimal, not a version
         spans.append((s, e))
     return spans
@@ -192,9 +197,11 @@ def _protected_spans(text: str) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------
 # Rules of our own (wetext 0.1.8 reads these wrongly; each has a test in tests/test_normalize.py)
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
 
 
@@ -280,6 +287,14 @@ def _zh_phone(m: re.Match[str]) -> str:
 
 
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,]|\.\d+\.)")
+_THOUSANDS_EN = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+)(?:\.(\d+))?(?![\d,]|\.\d)")
+
+
+def _en_grouped(m: re.Match[str]) -> str:
+    words = en_cardinal(int(m.group(1).replace(",", "")))
+    return words + (" point " + " ".join(_ONES[int(d)] for d in m.group(2)) if m.group(2) else "")
+
+
 _PHONE_EN = re.compile(
     r"(?<![\d\w])(?:\+\d{1,3}[ -]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"
     r"|(?<![\d\w-])1-\d{3}-\d{3}-\d{4}(?!\d)"
@@ -293,7 +308,7 @@ _RULES_EN: list[Rule] = [
     (re.compile(r"([$€£¥￥])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2})(?!\d))?(\s(?:thousand|million|billion|trillion))?"
                 r"(?![\d.]*\d)"),
      _en_money),  # wetext: "$1,200" -> "thousand two hundred dollars", "$5.20" -> "five point two dollars"
-    (_THOUSANDS, lambda m: m.group(0).replace(",", "")),  # "1,000" -> "thousand"
+    (_THOUSANDS_EN, _en_grouped),  # "1,000" -> "thousand", "1000" -> "ten hundred"
     (re.compile(r"(?<!\d)((?:1[0-9]|20)\d0)s\b"), _en_decade),  # "1990s" -> "... ninety seconds"
     (re.compile(r"\bNo\.\s?(?=\d)"), "number "),  # "No. 5" -> "Number. five"
     (re.compile(r"#(?=\d)"), "number "),  # "#1" crashes wetext
@@ -303,8 +318,14 @@ _RULES_ZH: list[Rule] = [
     (_THOUSANDS, lambda m: m.group(0).replace(",", "")),  # "$1,200" -> "一美元,两百"
     # "10-20" -> "十月二十日", "1990-2000" -> "一千九百九十减两千": a range between two numbers
     (re.compile(r"(?<![\d.\-/:])(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)(?![\d\-/:.])"),
-     lambda m: m.group(0) if re.fullmatch(r"\d{4}-(0?[1-9]|1[0-2])", m.group(0)) else f"{m.group(1)}到{m.group(2)}"),
+     lambda m: m.group(0) if _not_a_range(m) else f"{m.group(1)}到{m.group(2)}"),
 ]
+
+
+def _not_a_range(m: re.Match[str]) -> bool:
+    """"2024-03" is a month, "010-12345678" a phone number: wetext reads those right."""
+    left, right = m.group(1), m.group(2)
+    return bool(re.fullmatch(r"\d{4}-(0?[1-9]|1[0-2])", m.group(0))) or left.startswith("0") or len(right) >= 5
 
 
 def _apply_rules(text: str, rules: list[Rule]) -> str:
@@ -349,7 +370,7 @@ def _run_wetext(text: str, lang: str) -> str:
 
 
 def _language_at(text: str, a: int, b: int, default: str) -> str:
-    if b < len(text) and _is_cjk(text[b]) or a > 0 and _is_cjk(text[a - 1]):
+    if (b < len(text) and _is_cjk(text[b])) or (a > 0 and _is_cjk(text[a - 1])):
         return "zh"  # glued to Chinese: "2024年", "为$1,200", "100元"
     for k in range(a - 1, -1, -1):
         c = text[k]
@@ -395,12 +416,12 @@ def _windows(text: str, language: str) -> list[tuple[int, int, str]]:
         # the digit-bearing token: a run of non-space, non-CJK, unblocked characters; digit groups
         # separated by single spaces stay together ("+86 138 1234 5678")
         a = i
-        while a > 0 and not blocked[a - 1] and (not text[a - 1].isspace() and not _is_cjk(text[a - 1])
-                                                or text[a - 1] == " " and a > 1 and text[a - 2].isdigit()):
+        while a > 0 and not blocked[a - 1] and ((not text[a - 1].isspace() and not _is_cjk(text[a - 1]))
+                                                or (text[a - 1] == " " and a > 1 and text[a - 2].isdigit())):
             a -= 1
         b = i
-        while b < n and not blocked[b] and (not text[b].isspace() and not _is_cjk(text[b])
-                                            or text[b] == " " and b + 1 < n and text[b + 1].isdigit()):
+        while b < n and not blocked[b] and ((not text[b].isspace() and not _is_cjk(text[b]))
+                                            or (text[b] == " " and b + 1 < n and text[b + 1].isdigit())):
             b += 1
         lang = language if language != "auto" else _language_at(text, a, b, default)
         if lang == "zh":
@@ -424,7 +445,7 @@ def _windows(text: str, language: str) -> list[tuple[int, int, str]]:
         if merged and a <= merged[-1][1] and merged[-1][2] == lang:
             merged[-1] = (merged[-1][0], max(b, merged[-1][1]), lang)
         elif merged and a < merged[-1][1]:  # different languages overlapping: split the overlap
-            pa, pb, pl = merged[-1]
+            pa, _, pl = merged[-1]
             merged[-1] = (pa, max(pa, a), pl)
             merged.append((a, b, lang))
         else:
