@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voxws import text as text_mod
-from voxws.normalize import Normalized, en_cardinal, normalize, normalize_async
+from voxws.normalize import Normalized, en_cardinal, normalize, normalize_async, shutdown
 
 # (source, language, spoken). Reviewed by hand; wetext 0.1.8 plus the rules in voxws/normalize.py.
 TABLE = [
@@ -232,7 +232,10 @@ def test_normalize_async() -> None:
     async def main() -> tuple[Normalized, Normalized]:
         return await normalize_async("$5.20", language="en"), await normalize_async("hello", language="en")
 
-    a, b = asyncio.run(main())
+    try:
+        a, b = asyncio.run(main())
+    finally:
+        shutdown()
     assert a.spoken == "five dollars and twenty cents"
     assert b.spoken == "hello"
 

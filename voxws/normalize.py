@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import itertools
+import multiprocessing
 import re
 import threading
 import unicodedata
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 LANGUAGES = ("auto", "zh", "en")
@@ -96,8 +98,16 @@ def _starts_cluster(c: str) -> bool:
     return unicodedata.combining(c) == 0 and not ("\u1160" <= c <= "\u11ff")
 
 
-def _cleanup(text: str) -> tuple[str, list[int], list[int]]:
+# Text with none of these is already clean (the common case: the fast path, in C).
+_NEEDS_CLEANUP = re.compile(r"[^\S \n]| [ \n]|\n[ \n]"  # whitespace other than single spaces and line breaks
+                            r"|[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff\u200b\u2060\u00ad\ud800-\udfff]")
+
+
+def _cleanup(text: str) -> tuple[str, list[int] | range, list[int] | range]:
     """(clean text, source start, source end per clean code point)."""
+    if (not _NEEDS_CLEANUP.search(text) and not (text[:1].isspace() or text[-1:].isspace())
+            and unicodedata.is_normalized("NFC", text)):
+        return text, range(len(text)), range(1, len(text) + 1)
     chars: list[str] = []
     pos: list[int] = []
     for i, c in enumerate(text):
@@ -303,23 +313,26 @@ _PHONE_ZH = re.compile(r"(?<!\d)(?:\+\d{1,3}[ -]?)?1\d{2}[ -]\d{4}[ -]\d{4}(?!\d
 
 Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str] | str]
 
-_RULES_EN: list[Rule] = [
-    (_PHONE_EN, _en_phone),  # "555-1234" is not the range 555 to 1234; "+1 555 123 4567" crashes wetext
-    (re.compile(r"([$€£¥￥])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2})(?!\d))?(\s(?:thousand|million|billion|trillion))?"
-                r"(?![\d.]*\d)"),
+# Spoken as we write them, wetext never sees these (feeding our words back costs more than the digits).
+_FINAL_RULES: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str] | str]] = [
+    ("en", _PHONE_EN, _en_phone),  # "555-1234" is not the range 555 to 1234; "+1 555 123 4567" crashes wetext
+    ("en", re.compile(r"([$€£¥￥])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d{1,2})(?!\d))?"
+                      r"(\s(?:thousand|million|billion|trillion))?(?![\d.]*\d)"),
      _en_money),  # wetext: "$1,200" -> "thousand two hundred dollars", "$5.20" -> "five point two dollars"
-    (_THOUSANDS_EN, _en_grouped),  # "1,000" -> "thousand", "1000" -> "ten hundred"
-    (re.compile(r"(?<!\d)((?:1[0-9]|20)\d0)s\b"), _en_decade),  # "1990s" -> "... ninety seconds"
-    (re.compile(r"\bNo\.\s?(?=\d)"), "number "),  # "No. 5" -> "Number. five"
-    (re.compile(r"#(?=\d)"), "number "),  # "#1" crashes wetext
+    ("en", _THOUSANDS_EN, _en_grouped),  # "1,000" -> "thousand", "1000" -> "ten hundred"
+    ("en", re.compile(r"(?<!\d)((?:1[0-9]|20)\d0)s\b"), _en_decade),  # "1990s" -> "... ninety seconds"
+    ("en", re.compile(r"\bNo\. ?(?=\d)"), "number "),  # "No. 5" -> "Number. five"
+    ("en", re.compile(r"#(?=\d)"), "number "),  # "#1" crashes wetext
+    ("zh", _PHONE_ZH, _zh_phone),  # "+86 138 1234 5678" -> "正八十六 一百三十八 ..."
 ]
+# Rewrites of a window before wetext reads it.
 _RULES_ZH: list[Rule] = [
-    (_PHONE_ZH, _zh_phone),  # "+86 138 1234 5678" -> "正八十六 一百三十八 ..."
     (_THOUSANDS, lambda m: m.group(0).replace(",", "")),  # "$1,200" -> "一美元,两百"
     # "10-20" -> "十月二十日", "1990-2000" -> "一千九百九十减两千": a range between two numbers
     (re.compile(r"(?<![\d.\-/:])(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)(?![\d\-/:.])"),
      lambda m: m.group(0) if _not_a_range(m) else f"{m.group(1)}到{m.group(2)}"),
 ]
+_RULES_EN: list[Rule] = []
 
 
 def _not_a_range(m: re.Match[str]) -> bool:
@@ -395,17 +408,29 @@ _STOP = frozenset("。！？；")
 _ZH_UNIT_WORD = re.compile(r" [A-Za-z°℃%/]{1,6}(?![A-Za-z])")
 
 
-def _windows(text: str, language: str) -> list[tuple[int, int, str]]:
-    """Spans to hand to wetext, with their language; none overlaps a protected span."""
-    protected = _protected_spans(text)
+def _plan(text: str, language: str) -> list[tuple[int, int, str, str | None]]:
+    """What to replace, in order: (start, end, language, our words) for a rule of our own, or
+    (start, end, language, None) for a window that wetext reads. None overlaps a protected span."""
     blocked = [False] * (len(text) + 1)
-    for s, e in protected:
+    for s, e in _protected_spans(text):
         for k in range(s, e):
             blocked[k] = True
     if language == "auto":
         default = "zh" if _CJK.search(text) or not any(_is_latin(c) for c in text) else "en"
     else:
         default = language
+    finals: list[tuple[int, int, str, str | None]] = []
+    for rule_lang, pattern, repl in _FINAL_RULES:
+        for m in pattern.finditer(text):
+            s, e = m.span()
+            if s == e or any(blocked[s:e]):
+                continue
+            lang = language if language != "auto" else _language_at(text, s, e, default)
+            if lang != rule_lang:
+                continue
+            finals.append((s, e, lang, repl if isinstance(repl, str) else repl(m)))
+            for k in range(s, e):
+                blocked[k] = True
     raw: list[tuple[int, int, str]] = []
     n = len(text)
     i = 0
@@ -426,17 +451,18 @@ def _windows(text: str, language: str) -> list[tuple[int, int, str]]:
         lang = language if language != "auto" else _language_at(text, a, b, default)
         if lang == "zh":
             a2, b2 = a, b
-            for _ in range(3):  # up to 3 characters of context before ("第", "下午"), 6 after (units)
+            for _ in range(2):  # 2 characters of context before ("第", "下午"), 3 after (units): wetext's
+                # Chinese grammar costs about 1 ms a character, so windows stay small
                 if a2 > 0 and not blocked[a2 - 1] and not text[a2 - 1].isspace() and text[a2 - 1] not in _STOP:
                     a2 -= 1
             unit = _ZH_UNIT_WORD.match(text, b2)  # "5 kg", "120 km/h"
             if unit and not any(blocked[unit.start():unit.end()]):
                 b2 = unit.end()
-            for _ in range(6):
+            for _ in range(3):
                 if b2 < n and not blocked[b2] and not text[b2].isspace() and text[b2] not in _STOP:
                     b2 += 1
         else:
-            a2 = _extend_words(text, a, blocked, -1, 2)
+            a2 = _extend_words(text, a, blocked, -1, 1)
             b2 = _extend_words(text, b, blocked, +1, 2)
         raw.append((a2, b2, lang))
         i = b
@@ -450,7 +476,8 @@ def _windows(text: str, language: str) -> list[tuple[int, int, str]]:
             merged.append((a, b, lang))
         else:
             merged.append((a, b, lang))
-    return [(a, b, lang) for a, b, lang in merged if b > a]
+    windows: list[tuple[int, int, str, str | None]] = [(a, b, lang, None) for a, b, lang in merged if b > a]
+    return sorted(finals + windows)
 
 
 def _extend_words(text: str, k: int, blocked: list[bool], step: int, words: int) -> int:
@@ -554,6 +581,7 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
 
     language: "auto" (Chinese or English, chosen per number by the script around it), "zh" or "en".
     Blocking (wetext is C++ but holds the GIL); on the server use `normalize_async`.
+    Raises ValueError for an unknown language.
     """
     if language not in LANGUAGES:
         raise ValueError(f"language={language!r}: must be one of {', '.join(LANGUAGES)}")
@@ -566,11 +594,14 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
     gg: list[int] = []
     group = 0
     k = 0  # next clean index to copy
-    for wa, wb, lang in _windows(clean, language):
-        window = clean[wa:wb]
-        rules = _RULES_ZH if lang == "zh" else _RULES_EN
-        out = _run_wetext(_apply_rules(window, rules), lang)
-        for ra, rb, oa, ob in _align_window(window, out, lang):
+    for wa, wb, lang, words in _plan(clean, language):
+        if words is not None:
+            out, reps = words, [(0, wb - wa, 0, len(words))]
+        else:
+            window = clean[wa:wb]
+            out = _run_wetext(_apply_rules(window, _RULES_ZH if lang == "zh" else _RULES_EN), lang)
+            reps = _align_window(window, out, lang)
+        for ra, rb, oa, ob in reps:
             ra, rb = ra + wa, rb + wa
             for x in range(k, ra):
                 spoken.append(clean[x])
@@ -624,33 +655,62 @@ def _glue_edges(spoken: list[str], gg: list[int]) -> None:
             gg[j] = find(gg[j])
 
 
-_executor: ThreadPoolExecutor | None = None
+# Off the event loop: wetext holds the GIL for a whole call (a 5000-character article with numbers
+# is seconds of CPU; one call of a window up to tens of ms), so a thread would still stall the loop.
+# A small process pool does not: FSTs load once per worker (~40 MB, ~1.5 s), and a Normalized
+# pickles as a few tuples. Text without digits needs only the cleanup (about 1 us a character,
+# mostly the C fast path) and stays inline.
+_executor: ProcessPoolExecutor | None = None
+_workers = 1
+INLINE_MAX_CHARS = 2000  # digit-free text up to this long is cleaned inline (well under 2 ms)
 
 
-def _pool() -> ThreadPoolExecutor:
+def _pool() -> ProcessPoolExecutor:
     global _executor
     if _executor is None:
-        # One thread: wetext's kaldifst objects are shared and not documented thread-safe, and the
-        # GIL lets only one run at a time anyway. Off the loop is what matters.
-        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxws-normalize")
+        _executor = ProcessPoolExecutor(max_workers=_workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=warm_up)
     return _executor
 
 
-# Below this many characters (and with no digits) normalize() is cheap enough to run inline.
-INLINE_MAX_CHARS = 64
+def needs_pool(text: str, *, expand: bool = True) -> bool:
+    """Whether normalize(text) is too costly for the event loop (what normalize_async decides by)."""
+    return len(text) > INLINE_MAX_CHARS or (expand and _HOT.search(text) is not None)
 
 
 async def normalize_async(text: str, *, language: str = "auto", expand: bool = True) -> Normalized:
-    """normalize() for the event loop: inline when there is nothing to expand, else in a worker thread."""
-    if not expand or (len(text) <= INLINE_MAX_CHARS and not _HOT.search(text)) or not _HOT.search(text):
+    """normalize() for the event loop: inline when it is cheap (no digits, not long), else in a
+    worker process. Raises ValueError for a bad language, as normalize() does."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language={language!r}: must be one of {', '.join(LANGUAGES)}")
+    if not needs_pool(text, expand=expand):
         return normalize(text, language=language, expand=expand)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool(), lambda: normalize(text, language=language, expand=expand))
+    return await loop.run_in_executor(_pool(), functools.partial(normalize, text, language=language, expand=expand))
 
 
-async def warm_up_async() -> None:
-    """warm_up() off the event loop, for server start."""
-    await asyncio.get_running_loop().run_in_executor(_pool(), warm_up)
+async def warm_up_async(workers: int = 1) -> None:
+    """Start the worker processes and load the FSTs in each (server start; does not block the loop).
+    workers: how many texts with numbers can be normalized at once (each takes one core while busy)."""
+    global _workers
+    if _executor is None:
+        _workers = max(1, workers)
+    loop = asyncio.get_running_loop()
+    pool = _pool()
+    await asyncio.gather(*(loop.run_in_executor(pool, _noop) for _ in range(_workers)))
 
 
-__all__ = ["LANGUAGES", "Normalized", "en_cardinal", "normalize", "normalize_async", "warm_up", "warm_up_async"]
+def _noop() -> None:
+    pass
+
+
+def shutdown() -> None:
+    """Stop the worker processes (server stop)."""
+    global _executor
+    if _executor is not None:
+        _executor.shutdown(wait=False, cancel_futures=True)
+        _executor = None
+
+
+__all__ = ["LANGUAGES", "Normalized", "en_cardinal", "needs_pool", "normalize", "normalize_async", "shutdown",
+           "warm_up", "warm_up_async"]
