@@ -662,7 +662,7 @@ def _glue_edges(spoken: list[str], gg: list[int]) -> None:
 # mostly the C fast path) and stays inline.
 _executor: ProcessPoolExecutor | None = None
 _workers = 1
-INLINE_MAX_CHARS = 2000  # digit-free text up to this long is cleaned inline (well under 2 ms)
+INLINE_MAX_CHARS = 1000  # digit-free text up to this long is cleaned inline (under 2 ms, slow path, loaded VM)
 
 
 def _pool() -> ProcessPoolExecutor:
