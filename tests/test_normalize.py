@@ -269,8 +269,15 @@ def _check_alignment(n: Normalized) -> None:
     assert c.spoken == text_mod._collapse(text_mod._clean(src)).strip()
 
 
+@pytest.mark.parametrize("src", [" a\u08ca", " 3:30\u08ca", " \u08ca", "5\u0301 kg", "\u00a012\u3000%"])
+def test_combining_marks_stay_with_their_letter(src: str) -> None:
+    for language in ("auto", "zh", "en"):
+        _check_alignment(normalize(src, language=language))
+
+
 MIXED = st.sampled_from([
-    *"abcXYZ 中文字年月日。，、.!?;,:…\n\t\r-/%$¥€:+", " ", "  ", "\x00", "\u200b", "e\u0301",
+    *"abcXYZ 中文字年月日。，、.!?;,:…\n\t\r-/%$¥€:+", " ", "  ", "\x00", "\u200b", "e\u0301", "\u0301", "\u08ca",
+    "\u3000",
     "2024年3月5日", "3:30", " pm", "$1,200", "5.20", "120 km/h", "12.5%", "-3", "1/2", "v1.2.3", "Python 3.11",
     "https://a.io/x1", "a1@b.com", "555-1234", "10-20", "1990s", "第3", "No. 5", "😀", "The ",
 ])

@@ -65,8 +65,10 @@ class Normalized:
 
     def boundaries(self) -> list[int]:
         """Sorted spoken indices (0 and len(spoken) included) where a cut splits no expansion."""
-        g = self.group
-        return [0, *(j for j in range(1, len(g)) if g[j] == 0 or g[j] != g[j - 1]), len(g)] if g else [0]
+        g, s, e = self.group, self.src_start, self.src_end
+        # not inside an expansion, nor inside one source unit (a letter and its combining marks)
+        inner = (j for j in range(1, len(g)) if (g[j] == 0 or g[j] != g[j - 1]) and s[j] >= e[j - 1])
+        return [0, *inner, len(g)] if g else [0]
 
     def pieces(self) -> list[tuple[int, int, int, int]]:
         """(spoken_start, spoken_end, source_start, source_end) runs, in order: maximal runs of
@@ -121,7 +123,9 @@ def _cleanup(text: str) -> tuple[str, list[int] | range, list[int] | range]:
         pos.append(i)
     # NFC per cluster (a starter and what follows it); if that ever differs from NFC of the whole,
     # the whole text becomes one cluster (correct, only coarse).
-    bounds = [k for k in range(len(chars)) if k == 0 or _starts_cluster(chars[k])] + [len(chars)]
+    bounds = [k for k in range(len(chars))
+              if k == 0 or _starts_cluster(chars[k]) or chars[k - 1].isspace() or chars[k].isspace()]
+    bounds.append(len(chars))
     units: list[tuple[str, int, int]] = []
     for a, b in itertools.pairwise(bounds):
         units.append((unicodedata.normalize("NFC", "".join(chars[a:b])), pos[a], pos[b - 1] + 1))
@@ -603,6 +607,15 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
             reps = _align_window(window, out, lang)
         for ra, rb, oa, ob in reps:
             ra, rb = ra + wa, rb + wa
+            spoken_out = out[oa:ob]
+            # an edge inside one source unit (a letter and its combining mark): take the unit whole
+            ra2, rb2 = ra, rb
+            while ra2 > k and cs[ra2] == cs[ra2 - 1]:
+                ra2 -= 1
+            while rb2 < len(clean) and cs[rb2] == cs[rb2 - 1]:
+                rb2 += 1
+            spoken_out = clean[ra2:ra] + spoken_out + clean[rb:rb2]
+            ra, rb = ra2, rb2
             for x in range(k, ra):
                 spoken.append(clean[x])
                 ss.append(cs[x])
@@ -610,7 +623,7 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
                 gg.append(0)
             group += 1
             s0, e0 = cs[ra], ce[rb - 1]
-            for ch in out[oa:ob]:
+            for ch in spoken_out:
                 spoken.append(ch)
                 ss.append(s0)
                 se.append(e0)
