@@ -9,9 +9,11 @@ shipped in the wheel, no download at run time, C++ via kaldifst). Its own mappin
 (`normalize_with_mapping`) traces FST paths in Python and costs 10-25x the plain call (190 ms for one
 59-character Chinese sentence), so it is not used: wetext runs only on small windows around the
 spans that hold digits, and each window's output is aligned to its input here (common prefix and
-suffix, then equal CJK characters inside). Text without digits never reaches wetext, so it stays
-byte-identical (after the cleanup). URLs, e-mail addresses and version numbers are left as written.
-Rules of our own are applied where wetext reads wrongly (see `_RULES_*` and tests/test_normalize.py).
+suffix, then equal Chinese characters or digit-free English words inside). Text without digits never
+reaches wetext, so it stays byte-identical (after the cleanup); abbreviations such as "Dr." are left
+to the model. URLs, e-mail addresses and version numbers ("v1.2.3", "Python 3.11") are left as
+written. Where wetext 0.1.8 reads wrongly we apply rules of our own (`_FINAL_RULES`: spoken as we
+write them; `_RULES_ZH`: rewrites before wetext), each with a test in tests/test_normalize.py.
 
 Offsets are Unicode code points into `Normalized.source`, the text exactly as sent.
 """
@@ -614,8 +616,10 @@ def normalize(text: str, *, language: str = "auto", expand: bool = True) -> Norm
                 ra2 -= 1
             while rb2 < len(clean) and cs[rb2] == cs[rb2 - 1]:
                 rb2 += 1
+            if rb2 <= k:
+                continue  # already taken whole by the replacement before
             spoken_out = clean[ra2:ra] + spoken_out + clean[rb:rb2]
-            ra, rb = ra2, rb2
+            ra, rb = max(ra2, k), rb2
             for x in range(k, ra):
                 spoken.append(clean[x])
                 ss.append(cs[x])
