@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Callable, Container, Sequence
 
 from voxws import sizing
+from voxws.normalize import normalize as normalize_text
 
 CountTokens = Callable[[str], int]
 
@@ -68,8 +69,9 @@ def _collapse(text: str) -> str:
 
 def normalize(text: str) -> str:
     """Clean text for segmentation: controls stripped (line breaks kept as "\\n", they are sentence
-    breaks), whitespace runs collapsed, NFC, ends trimmed."""
-    return _collapse(_clean(text)).strip()
+    breaks), whitespace runs collapsed, NFC, ends trimmed. The aligned version (offsets back to the
+    text as sent, and number expansion) is voxws.normalize.normalize."""
+    return normalize_text(text, expand=False).spoken
 
 
 def is_speakable_char(ch: str) -> bool:
