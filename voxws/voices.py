@@ -312,7 +312,9 @@ class Voice:
         """Write atomically (temp file + fsync + rename); a voice removed meanwhile is no error."""
         target = self._cache_file(kind, model_key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            # Not parents=True: that would re-create the directory of a voice removed meanwhile.
+            target.parent.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(exist_ok=True)
             _atomic_write(target, data)
         except FileNotFoundError:
             return
@@ -545,7 +547,10 @@ class VoiceStore:
                     if fd is not None:
                         os.close(fd)
             elif name.startswith(TMP) and name.endswith(".lock") and not (self.root / name[:-5]).exists():
-                fd = os.open(p, os.O_RDWR)
+                try:
+                    fd = os.open(p, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     p.unlink(missing_ok=True)
