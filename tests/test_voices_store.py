@@ -239,3 +239,14 @@ def test_default_dir() -> None:
         "/var/lib/voxcpm/voices")
     assert default_voices_dir({"HOME": "/home/u"}) == Path("/home/u/.local/share/voxws/voices")
     assert default_voices_dir({"XDG_DATA_HOME": "/d"}) == Path("/d/voxws/voices")
+
+
+def test_model_key_changes_with_the_model(tmp_path: Path) -> None:
+    assert voices.model_key("synthetic") == "synthetic"
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    k = voices.model_key("nanovllm", str(tmp_path))
+    assert k.startswith("nanovllm-") and k == voices.model_key("nanovllm", str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"y" * 11)
+    assert voices.model_key("nanovllm", str(tmp_path)) != k
+    VoiceStore(tmp_path / "v", model_key=k)  # a valid key

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -103,6 +104,22 @@ def default_voices_dir(env: Mapping[str, str] | None = None) -> Path:
         return Path(state) / "voices"
     data = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/share")
     return Path(data) / "voxws" / "voices"
+
+
+def model_key(engine: str, model_path: str | None = None) -> str:
+    """A cache key that changes when the model does: the engine's name plus a hash of the model directory's
+    config.json and the names, sizes and mtimes of its weight files (cheap: nothing large is read)."""
+    if not model_path:
+        return _check_key("engine", engine)
+    d = Path(model_path)
+    h = hashlib.sha256()
+    with contextlib.suppress(OSError):
+        h.update((d / "config.json").read_bytes())
+    for p in sorted([*d.glob("*.safetensors"), *d.glob("*.pth"), *d.glob("*.bin")]):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return f"{_check_key('engine', engine)}-{h.hexdigest()[:16]}"
 
 
 def check_id(voice_id: str) -> str:
@@ -581,4 +598,5 @@ def _clean_name(name: str | None) -> str | None:
     return name
 
 
-__all__ = ["MAX_S", "MIN_S", "RATE", "Voice", "VoiceError", "VoiceStore", "decode", "default_voices_dir"]
+__all__ = ["MAX_S", "MIN_S", "RATE", "Voice", "VoiceError", "VoiceStore", "decode", "default_voices_dir",
+           "model_key"]
