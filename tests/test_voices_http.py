@@ -145,7 +145,9 @@ def test_over_the_limit_by_content_length_is_refused_before_the_body(tmp_path: P
                   b"Content-Length: 50000000\r\n\r\n")
         s.settimeout(10)
         head = _response_head(s)
-        assert head.startswith(b"HTTP/1.1 413") and b'"too_large"' in head + s.recv(65536)
+        while b"too_large" not in head and (more := s.recv(65536)):
+            head += more
+        assert head.startswith(b"HTTP/1.1 413") and b'"too_large"' in head
         assert leftovers(tmp_path) == [] and srv.errors == []
 
 
@@ -165,8 +167,10 @@ def test_over_the_limit_while_streaming_is_refused_as_it_passes(tmp_path: Path) 
             sent += s.send(chunk)
         assert sent < cap, "no answer while the body streamed"
         s.settimeout(10)
-        head = _response_head(s)
-        assert head.startswith(b"HTTP/1.1 413") and b"too_large" in head + s.recv(65536)
+        answer = _response_head(s)
+        while b"too_large" not in answer and (more := s.recv(65536)):  # the body may come in a later segment
+            answer += more
+        assert answer.startswith(b"HTTP/1.1 413") and b"too_large" in answer
         assert leftovers(tmp_path) == [] and temp_files() == before and srv.errors == []
     # The same kind of body under the limit is fine: the limit, not the framing, refused it.
     body, ctype = multipart([("audio", wav(2), "a.wav"), ("text", TEXT.encode(), None)])
