@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,18 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
         yield c
     finally:
         c.stop()
+
+
+def write_wav(path: Path) -> None:
+    """Two seconds of a voiced tone, 16 kHz 16-bit mono."""
+    import numpy as np
+
+    t = np.arange(32000) / 16000
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((8000 * np.sin(2 * np.pi * 180 * t)).astype("<i2").tobytes())
 
 
 def probe(c: nspawn.Container, port: int, text: str = "你好，世界。", *flags: str) -> subprocess.Popen[str]:
@@ -102,6 +115,13 @@ def test_install_start_serve_drain_restart_watchdog_journal(box: nspawn.Containe
     assert_speaks(c, 8081, "group0")
     assert_speaks(c, 8082, "group1")
     assert c.run("systemd-analyze security --no-pager --threshold=20 voxcpm@group0.service").returncode == 0
+    # The unit made the voice store every group shares; voxws-ops writes it while they run, as its owner.
+    assert c.run("stat -c '%U:%G' /var/lib/voxcpm/voices").stdout.strip() == "voxcpm:voxcpm"
+    write_wav(c.dir / "root/me.wav")
+    c.run("voxws-ops voices add /root/me.wav --text 'hello there' --id me")
+    owners = c.run("stat -c '%U' /var/lib/voxcpm/voices/me /var/lib/voxcpm/voices/me/audio.wav").stdout.split()
+    assert owners == ["voxcpm", "voxcpm"]
+    assert [v["id"] for v in json.loads(c.run("voxws-ops voices list --json").stdout)] == ["me"]
 
     # 3. Stopping the groups lets the stream in flight finish; new contexts are refused meanwhile.
     streaming = probe(c, 8081, LONG_TEXT, "--announce", "--speak-again")
@@ -113,6 +133,9 @@ def test_install_start_serve_drain_restart_watchdog_journal(box: nspawn.Containe
     assert [e["code"] for e in got["errors"]] == ["shutting_down"]
     active = c.run("systemctl is-active voxcpm@group0 voxcpm@group1", check=False).stdout.split()
     assert active == ["inactive"] * 2
+    # With the groups stopped, voxws-ops still manages the voices.
+    c.run("voxws-ops voices remove me && voxws-ops voices add /root/me.wav --text 'hello there' --id me2")
+    assert [v["id"] for v in json.loads(c.run("voxws-ops voices list --json").stdout)] == ["me2"]
 
     # 4. A killed server is restarted; a hung event loop is caught by the watchdog (both at once).
     c.run("systemctl start voxcpm.target", timeout=300)

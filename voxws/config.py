@@ -148,6 +148,16 @@ FIELDS: tuple[Field, ...] = (
     Field("bench_steps", "VOXWS_BENCH_STEPS", _opt_int, None, "a positive integer",
           lambda v: v is None or v > 0,
           "benchmarks with random weights only: every request generates exactly this many steps"),
+    Field("voices_dir", "VOXWS_VOICES_DIR", _opt_str, None, "a directory path",
+          help="voice store, one per host, shared by its groups [default: $STATE_DIRECTORY/voices under "
+               "systemd, else ~/.local/share/voxws/voices]"),
+    Field("default_voice", "VOXWS_DEFAULT_VOICE", _opt_str, None, "1-64 characters of [A-Za-z0-9_.-]",
+          lambda v: v is None or (bool(re.match(r"^[A-Za-z0-9_.-]{1,64}$", v)) and v not in (".", "..")),
+          "voice id used when a context names none"),
+    Field("max_voices", "VOXWS_MAX_VOICES", _int, 1000, "an integer from 1 to 100000",
+          lambda v: 1 <= v <= 100_000, "voices the store may hold"),
+    Field("max_upload_bytes", "VOXWS_MAX_UPLOAD_BYTES", _int, 10_000_000, "an integer from 1024 to 1000000000",
+          lambda v: 1024 <= v <= 1_000_000_000, "largest POST /v1/voices body (bytes)"),
 )
 FIELD_BY_ENV = {f.env: f for f in FIELDS}
 
@@ -183,6 +193,10 @@ class Settings:
     synthetic_fail_marker: str | None = None
     synthetic_crash_after_steps: int | None = None
     bench_steps: int | None = None
+    voices_dir: str | None = None
+    default_voice: str | None = None
+    max_voices: int = 1000
+    max_upload_bytes: int = 10_000_000
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

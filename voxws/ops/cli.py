@@ -14,8 +14,10 @@ from rich.table import Table
 from voxws import sizing
 from voxws.ops import install as inst
 from voxws.ops import nginx, plan, render, validate
+from voxws.ops import voices as voices_ops
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app.add_typer(voices_ops.app, name="voices")
 # Tables keep their columns when piped (rich would assume 80 columns).
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -116,12 +118,14 @@ def validate_cmd(paths: Annotated[list[Path], typer.Argument(help="env files or 
                      help="memory of one card in GB: also check the absolute budget")] = None,
                  check_model: Annotated[bool, typer.Option(
                      help="check the model directory (off when validating on another machine)")] = True,
+                 check_voices: Annotated[bool, typer.Option(
+                     help="check the voices directory and the default voice (off on another machine)")] = True,
                  strict: Annotated[bool, typer.Option(help="warnings fail too")] = False) -> None:
     """Check env files with the server's own rules plus the deployment's (GPUs, ports, model, sizing).
 
     Example: voxws-ops validate /etc/voxcpm --max-text-chars 300 --gpu-memory-gb 80
     """
-    rep = validate.validate(paths, max_text_chars, gpu_memory_gb, check_model)
+    rep = validate.validate(paths, max_text_chars, gpu_memory_gb, check_model, check_voices)
     for w in rep.warnings:
         err.print(f"warning: {w}", markup=False)
     for e in rep.errors:

@@ -2,7 +2,8 @@
 
 Per file: everything `voxws serve` checks at start-up (voxws.config.load, the same code), then what
 needs the deployment around it: the model directory's contents, max_model_len against the expected
-text length (voxws.sizing), the unit's port floor and stop timeout, and the card's memory.
+text length (voxws.sizing), the unit's port floor and stop timeout, the card's memory, and the voices
+directory and default voice (voxws.ops.voices).
 Across files: one physical GPU in two groups, one port or group name twice.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from voxws import config, sizing
 from voxws.ops import envfile
+from voxws.ops import voices as voices_ops
 from voxws.ops.plan import UNPRIVILEGED_PORT_START, hidden_path
 from voxws.ops.render import STOP_MARGIN_S, TIMEOUT_STOP_S
 
@@ -89,7 +91,7 @@ def memory_warnings(source: str, util: float, seqs: int, max_len: int, card_gb: 
 
 
 def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | None, check_model: bool,
-               rep: Report) -> tuple[config.Settings, list[str], str] | None:
+               rep: Report, check_voices: bool = True) -> tuple[config.Settings, list[str], str] | None:
     """Errors and warnings of one file into rep; (settings, physical GPUs, group) when it loads."""
     src = str(path)
     try:
@@ -133,6 +135,10 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
                                f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"))
         if check_model and s.model_path and (m := model_dir_problem(src, s.model_path)):
             err(m)
+    if check_voices:
+        errors, warnings = voices_ops.problems(src, s)
+        rep.errors += errors
+        rep.warnings += warnings
     if max_text_chars:
         need = sizing.min_max_model_len(max_text_chars)
         if s.max_model_len < need:
@@ -148,8 +154,9 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
 
 
 def validate(paths: list[Path], max_text_chars: int | None = 300, gpu_memory_gb: float | None = None,
-             check_model: bool = True) -> Report:
-    """Every file's problems and the cross-file ones; check_model=False when the model lives elsewhere."""
+             check_model: bool = True, check_voices: bool = True) -> Report:
+    """Every file's problems and the cross-file ones; check_model=False when the model lives elsewhere,
+    check_voices=False when the voices directory does (both look at this machine's files)."""
     rep = Report()
     files, rep.errors = env_files(paths)
     rep.files = files
@@ -157,7 +164,7 @@ def validate(paths: list[Path], max_text_chars: int | None = 300, gpu_memory_gb:
     by_port: dict[int, Path] = {}
     by_group: dict[str, Path] = {}
     for path in files:
-        loaded = check_file(path, max_text_chars, gpu_memory_gb, check_model, rep)
+        loaded = check_file(path, max_text_chars, gpu_memory_gb, check_model, rep, check_voices)
         if not loaded:
             continue
         s, gpus, group = loaded
