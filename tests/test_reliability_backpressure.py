@@ -27,8 +27,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 def held_bytes(session: Session) -> int:
     """Audio the server holds for this socket: queued frames plus the socket's write buffer."""
     queued = sum(len(f) for ctx in session.contexts.values() for f in ctx.frames)
-    transport = session.t.ws.transport  # type: ignore[attr-defined]
-    return queued + (transport.get_write_buffer_size() if transport else 0)
+    return queued + session.t.write_buffer_size()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("path", ["unsent_audio", "stalled_writer"])
