@@ -66,9 +66,6 @@ class Guard:
         if kind not in ("http", "websocket") or not scope["path"].startswith(GUARDED_PREFIX):
             await self.app(scope, receive, send)
             return
-        if kind == "http" and scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)  # a preflight CORS did not answer: the route says 405
-            return
         is_ws = kind == "websocket"
         refusal = self.refusal(scope, is_ws and scope["path"] == ws.WS_PATH)
         if refusal is None:

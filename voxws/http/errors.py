@@ -25,7 +25,7 @@ def openai_error(status: int, code: str, message: str, param: str | None = None,
 
 
 def is_openai(path: str) -> bool:
-    return path.startswith(OPENAI_PREFIXES) or path == "/v1/models"
+    return path.startswith(OPENAI_PREFIXES)
 
 
 def error_for(path: str, status: int, code: str, message: str,
