@@ -247,7 +247,8 @@ def table(doc: dict[str, Any]) -> str:
     steps = doc["cells"][0]["inprocess"]["steps_per_request"]
     lines = [
         f"Measured {doc['created']} on `{m['hostname']}`: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gb']} GB,"
-        f" Python {m['python']}, websockets {m['websockets']};"
+        f" Python {m['python']}, websockets {m['websockets']}"
+        + (f", uvicorn {m['uvicorn']}" if m.get("uvicorn") else "") + ";"
         f" voxws commit `{m['commit'] or 'uncommitted'}`.",
         f"Workload: {cfg['requests_per_stream']} requests per stream of a {cfg['text_chars']}-character text"
         f" ({steps:.0f} steps = {steps * 0.16:.2f} s of audio each), pcm_s16le 44.1 kHz,"

@@ -25,8 +25,7 @@ def held_bytes(session: Session) -> int:
     """Audio the server holds for this socket: queued frames plus the socket's write buffer."""
     queued = sum(len(item.payload) for ctx in session.contexts.values() for item in ctx.lane.items
                  if isinstance(item, Audio))
-    transport = session.t.ws.transport  # type: ignore[attr-defined]
-    return queued + (transport.get_write_buffer_size() if transport else 0)
+    return queued + session.t.write_buffer_size()  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("path", ["unsent_audio", "stalled_writer"])

@@ -27,7 +27,8 @@ def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
-    # The websockets library logs handshake failures at ERROR with tracebacks; keep them brief.
+    # Library loggers (uvicorn, websockets) stay at WARNING: uvicorn logs request lines (query strings, so
+    # ?token=) at INFO.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
 
 

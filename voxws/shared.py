@@ -98,12 +98,10 @@ class Shared:
         if prompt is None:
             audio = np.asarray(voice.audio(), dtype=np.float32)
             positions = sizing.voice_positions(self.engine.count_tokens(voice.text), len(audio))
-            cached = getattr(voice, "cached", None)
-            store = getattr(voice, "store_cached", None)
-            model = self.engine.model
+            # Derived data (the real engine's latents) is cached in the store under the store's model key.
             prompt = VoicePrompt(key, voice.text, audio, positions, voice_id=voice.id,
-                                 load_cached=(lambda kind: cached(kind, model)) if cached else None,
-                                 store_cached=(lambda kind, data: store(kind, model, data)) if store else None)
+                                 load_cached=lambda kind: voice.cached(kind),
+                                 store_cached=lambda kind, data: voice.store_cached(kind, None, data))
             self._prompts[key] = prompt
             while len(self._prompts) > _PROMPT_CACHE:
                 self._prompts.popitem(last=False)

@@ -40,12 +40,15 @@ def machine() -> dict[str, Any]:
         ws_version = websockets.__version__
     except Exception:
         ws_version = None
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        voxws_version = version("voxws")
-    except Exception:
-        voxws_version = None
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    voxws_version = installed("voxws")
     return {
         "hostname": socket.gethostname(),
         "os": platform.platform(),
@@ -54,6 +57,7 @@ def machine() -> dict[str, Any]:
         "memory_gb": mem_gb,
         "python": platform.python_version(),
         "websockets": ws_version,
+        "uvicorn": installed("uvicorn"),  # the HTTP server of the edge (absent before it moved to ASGI)
         "voxws": voxws_version,
         "commit": git_commit(),
     }
