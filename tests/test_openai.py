@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import av
-import httpx
+import httpx2 as httpx  # the HTTP client the openai SDK itself uses
 import numpy as np
 import openai
 import pytest

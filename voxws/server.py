@@ -97,7 +97,8 @@ class Server:
         self.engine = engine or make_engine(settings)
         self.metrics = Metrics()
         self.admission = Admission(0, settings.max_queue)
-        self.voices = VoiceStore.from_settings(settings, model_key=voices.model_key(settings.engine, settings.model_path))
+        key = voices.model_key(settings.engine, settings.model_path)  # a model change re-derives cached latents
+        self.voices = VoiceStore.from_settings(settings, model_key=key)
         self.shared = Shared(settings, self.engine, self.admission, self.metrics, __version__, voices=self.voices)
         self.token = settings.auth_token()
         self.ready = False
