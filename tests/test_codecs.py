@@ -3,6 +3,7 @@ ffmpeg command line from Debian when installed): duration, pitch, decodable as e
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import struct
@@ -227,3 +228,23 @@ def test_openai_pcm_is_24khz_s16le() -> None:
     fmt, rate = codecs.OPENAI_FORMATS["pcm"]
     packets = encode(fmt, rate, tone(0.5))
     assert (fmt, rate) == ("pcm_s16le", 24000) and sum(len(p.data) for p in packets) == 2 * sent(SRC // 2, rate)
+
+
+def test_async_encoding_gives_the_same_stream_as_inline() -> None:
+    """packets_async (off the loop for codecs, inline for PCM) makes exactly what packets() makes, also
+    with many encoders in flight at once."""
+    x = tone(1.0)
+
+    async def run(fmt: str) -> bytes:
+        enc = Encoder(fmt, SRC, 24000)
+        out = [p for i in range(0, len(x), CHUNK) for p in await enc.packets_async(x[i:i + CHUNK])]
+        return b"".join(p.data for p in out + await enc.flush_packets_async())
+
+    async def main() -> list[bytes]:
+        return await asyncio.gather(*(run(f) for f in ("mp3", "flac", "wav", "pcm_s16le", "mp3", "flac")))
+
+    got = asyncio.run(main())
+    for fmt, data in zip(("mp3", "flac", "wav", "pcm_s16le"), got, strict=False):
+        assert data == b"".join(p.data for p in encode(fmt, 24000, x))
+    assert got[0] == got[4] and got[1] == got[5]
+    assert Encoder("opus", SRC, 24000).heavy and not Encoder("wav", SRC, 24000).heavy

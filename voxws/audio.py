@@ -13,8 +13,10 @@ bytes joined, for callers not yet on packets.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
-from concurrent.futures import Executor
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 import soxr
@@ -23,7 +25,7 @@ from voxws import codecs
 from voxws.codecs import HTTP_FORMATS, Packet, rates_for
 from voxws.config import FORMATS, SAMPLE_RATES
 
-__all__ = ["FORMATS", "HTTP_FORMATS", "SAMPLE_RATES", "Encoder", "Packet", "decode", "mulaw_decode",
+__all__ = ["FORMATS", "HTTP_FORMATS", "SAMPLE_RATES", "Encoder", "Packet", "decode", "encode_pool", "mulaw_decode",
            "mulaw_encode", "rates_for", "wav_header"]
 
 BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "pcm_mulaw": 1, "wav": 2}
@@ -101,6 +103,7 @@ class Encoder:
         self._codec = codecs.open_encoder(fmt, dst_rate, self.bitrate) if fmt in codecs.COMPRESSED else None
         self._header = fmt == "wav"
         self._flushed = False
+        self._lock = threading.Lock()  # one call at a time, even when an awaiting caller was cancelled
 
     @property
     def bytes_per_sample(self) -> int:
@@ -130,23 +133,25 @@ class Encoder:
     def packets(self, chunk: np.ndarray) -> list[Packet]:
         """One engine chunk -> zero or more packets (resampler and codec hold back a little until
         flush_packets(); the first packet of wav, opus and flac starts with the header)."""
-        if self._flushed:
-            raise RuntimeError("Encoder.encode after flush: use a new Encoder for a new stream")
-        x = np.asarray(chunk, dtype=np.float32).reshape(-1)
-        if self._stream is not None:
-            x = self._stream.resample_chunk(x)
-        return self._out(x, last=False)
+        with self._lock:
+            if self._flushed:
+                raise RuntimeError("Encoder.encode after flush: use a new Encoder for a new stream")
+            x = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            if self._stream is not None:
+                x = self._stream.resample_chunk(x)
+            return self._out(x, last=False)
 
     def flush_packets(self) -> list[Packet]:
         """End of stream: the resampler's tail and the codec's last frames and trailer. A second
         call returns []."""
-        if self._flushed:
-            return []
-        self._flushed = True
-        tail = np.zeros(0, dtype=np.float32)
-        if self._stream is not None:
-            tail = self._stream.resample_chunk(tail, last=True)
-        return self._out(tail, last=True)
+        with self._lock:
+            if self._flushed:
+                return []
+            self._flushed = True
+            tail = np.zeros(0, dtype=np.float32)
+            if self._stream is not None:
+                tail = self._stream.resample_chunk(tail, last=True)
+            return self._out(tail, last=True)
 
     def encode(self, chunk: np.ndarray) -> bytes:
         """packets() joined into one binary frame's bytes (for callers not yet on packets)."""
@@ -155,13 +160,40 @@ class Encoder:
     def flush(self) -> bytes:
         return b"".join(p.data for p in self.flush_packets())
 
+    @property
+    def heavy(self) -> bool:
+        """Whether a chunk costs enough CPU to move off the event loop: the codecs take 0.3-4 ms per
+        160 ms chunk (docs/benchmarks.md "Encoding cost"), raw PCM and wav tens of microseconds,
+        less than the hop to a thread."""
+        return self._codec is not None
+
     async def packets_async(self, chunk: np.ndarray, executor: Executor | None = None) -> list[Packet]:
-        """packets() on a worker thread, for callers that must not hold the event loop (soxr and
-        PyAV release the GIL while they work). Calls on one Encoder must not overlap: await each."""
-        return await asyncio.get_running_loop().run_in_executor(executor, self.packets, chunk)
+        """packets(), on `executor` (default: encode_pool()) for the heavy formats, inline for the
+        rest. libopus, LAME and FFmpeg run without the GIL, so the loop keeps serving meanwhile.
+        Await each call before the next on one Encoder (they are serialised anyway); do not modify
+        `chunk` until the call returns."""
+        if not self.heavy:
+            return self.packets(chunk)
+        return await asyncio.get_running_loop().run_in_executor(executor or encode_pool(), self.packets, chunk)
 
     async def flush_packets_async(self, executor: Executor | None = None) -> list[Packet]:
-        return await asyncio.get_running_loop().run_in_executor(executor, self.flush_packets)
+        if not self.heavy:
+            return self.flush_packets()
+        return await asyncio.get_running_loop().run_in_executor(executor or encode_pool(), self.flush_packets)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def encode_pool() -> ThreadPoolExecutor:
+    """The process's encoding threads (made on first use): one per core up to 8. 128 Opus streams
+    need about one core of codec time (docs/benchmarks.md "Encoding cost")."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="voxws-encode")
+        return _pool
 
 
 def decode(data: bytes, fmt: str) -> np.ndarray:
