@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT, serve_process
+from voxws.config import FORMATS
 
 pytestmark = pytest.mark.browser
 
@@ -106,7 +107,7 @@ def test_page_loads_without_console_errors(browser: Browser, server: int) -> Non
     page, console = open_page(browser, server)
     assert "synthetic" in page.inner_text("#status")
     formats = page.eval_on_selector_all("#format option", "os => os.map(o => o.value)")
-    assert formats == ["pcm_s16le", "pcm_f32le", "pcm_mulaw"]
+    assert formats == list(FORMATS)
     assert page.eval_on_selector_all("#rate option", "os => os.length") == 6  # native + 5 others
     assert page.is_hidden("#banner")
     assert console.errors == []

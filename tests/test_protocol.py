@@ -39,7 +39,7 @@ def test_speak_with_options() -> None:
     ('{"type": "speak", "text": "x", "context": "' + "a" * 65 + '"}', "bad_message"),
     ('{"type": "speak", "text": "x", "context": 7}', "bad_message"),
     ('{"type": "speak", "text": "x", "format": 5}', "bad_message"),
-    ('{"type": "speak", "text": "x", "format": "opus"}', "unsupported_format"),
+    ('{"type": "speak", "text": "x", "format": "vorbis"}', "unsupported_format"),
     ('{"type": "speak", "text": "x", "sample_rate": "16000"}', "bad_message"),
     ('{"type": "speak", "text": "x", "sample_rate": 44101}', "unsupported_format"),
     ('{"type": "speak", "text": "x", "sample_rate": true}', "bad_message"),

@@ -97,7 +97,7 @@ def test_errors_keep_the_socket_usable() -> None:
                 ('{"type":"speak","text":"hi","context":"bad id!"}', "bad_message"),
                 ('{"type":"speak","text":"   ...  "}', "empty_text"),
                 (json.dumps({"type": "speak", "text": "长" * 51}), "text_too_long"),
-                ('{"type":"speak","text":"hi","format":"mp3"}', "unsupported_format"),
+                ('{"type":"speak","text":"hi","format":"vorbis"}', "unsupported_format"),
                 ('{"type":"speak","text":"hi","sample_rate":11025}', "unsupported_format"),
                 ('{"type":"speak","text":"hi","voice":"nobody"}', "unknown_voice"),
                 ('{"type":"flush","context":"nope"}', "unknown_context"),

@@ -12,7 +12,8 @@ import numpy as np
 from tests.conftest import running, url
 from tests.wsclient import collect, open_ws
 from voxws import audio, sizing
-from voxws.config import FORMATS, SAMPLE_RATES, Settings
+from voxws.codecs import PCM_FORMATS
+from voxws.config import SAMPLE_RATES, Settings
 from voxws.engines.base import GenerateRequest
 from voxws.engines.synthetic import SyntheticEngine, engine_step, natural_steps, tag_hash
 from voxws.server import Server
@@ -184,12 +185,12 @@ def dominant_hz(x: np.ndarray, rate: int) -> float:
 def test_every_format_and_rate_round_trips_a_1khz_tone() -> None:
     async def scenario() -> None:
         settings = Settings(engine="synthetic", port=0, synthetic_step_base_ms=1, synthetic_step_per_seq_ms=0,
-                            max_contexts=len(FORMATS) * len(SAMPLE_RATES))
+                            max_contexts=len(PCM_FORMATS) * len(SAMPLE_RATES))
         srv = Server(settings, engine=ToneEngine(settings))
         await srv.start()
         try:
             ws, _ = await open_ws(url(srv))
-            combos = [(f, r) for f in FORMATS for r in SAMPLE_RATES]
+            combos = [(f, r) for f in PCM_FORMATS for r in SAMPLE_RATES]  # raw PCM: decoded here by audio.decode
             for f, r in combos:
                 await ws.send(json.dumps({"type": "speak", "text": "测试音调八个字。", "context": f"{f}-{r}",
                                           "format": f, "sample_rate": r}))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw")
+FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "wav", "mp3", "opus")  # WebSocket; codecs.HTTP_FORMATS adds aac, flac
 ENGINES = ("nanovllm", "synthetic")
 GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -3,8 +3,10 @@
 export declare const PROTOCOL: 'voxws.v1';
 export declare const VERSION: string;
 
-export type Format = 'pcm_s16le' | 'pcm_f32le' | 'pcm_mulaw';
-/** pcm_s16le and pcm_mulaw arrive as Int16Array, pcm_f32le as Float32Array. */
+/** What the server offers (`ready.formats`). voxws.js plays all but mp3: wav as 16-bit PCM, opus through
+ * WebCodecs (asked for as pcm_s16le where the browser cannot decode Opus). */
+export type Format = 'pcm_s16le' | 'pcm_f32le' | 'pcm_mulaw' | 'wav' | 'mp3' | 'opus';
+/** pcm_s16le, wav and pcm_mulaw arrive as Int16Array, pcm_f32le and opus as Float32Array. */
 export type Chunk = Int16Array | Float32Array;
 
 /** Server error codes (PROTOCOL.md) and the client's own connection codes. */
@@ -15,7 +17,7 @@ export type ErrorCode =
   | 'shutting_down'
   // client side
   | 'forbidden' | 'unavailable' | 'refused' | 'unreachable' | 'timeout' | 'connection_lost'
-  | 'not_connected' | 'closed' | 'context_closed';
+  | 'not_connected' | 'closed' | 'context_closed' | 'bad_audio' | 'bad_option';
 
 export declare class VoxError extends Error {
   readonly code: ErrorCode | string;
@@ -46,8 +48,11 @@ export interface ReadyMessage {
 
 export interface SpeakOptions {
   format?: Format;
-  /** Output rate; default: the model's native rate (`client.ready.sample_rate`). */
+  /** Output rate; default: the model's native rate (`client.ready.sample_rate`); opus: 8000, 12000,
+   * 16000, 24000 or 48000. */
   sampleRate?: number;
+  /** Bits per second, for opus and mp3; default: the server's choice for speech. */
+  bitrate?: number;
   voice?: string;
   cfgValue?: number;
   temperature?: number;
@@ -84,7 +89,9 @@ export declare class Utterance extends EventTarget implements AsyncIterable<Chun
   readonly client: VoxWS;
   readonly context: string;
   readonly state: UtteranceState;
+  /** The format on the wire: `requestedFormat`, or pcm_s16le where opus cannot be decoded here. */
   readonly format: Format;
+  readonly requestedFormat: Format;
   readonly sampleRate: number | null;
   /** performance.now() when the request was sent. */
   readonly sentAt: number;
@@ -92,6 +99,8 @@ export declare class Utterance extends EventTarget implements AsyncIterable<Chun
   readonly ttfbMs: number | null;
   readonly chunks: number;
   readonly samples: number;
+  /** Bytes received (compressed for opus): `bytes * 8 / (audioMs / 1000)` is the bitrate. */
+  readonly bytes: number;
   readonly audioMs: number;
   readonly finished: boolean;
   readonly summary: Summary | null;
@@ -124,6 +133,8 @@ export declare class VoxWS extends EventTarget {
   static connect(url?: string | URL, options?: ConnectOptions): Promise<VoxWS>;
   readonly url: URL;
   readonly ready: ReadyMessage;
+  /** Whether this browser decodes Opus (WebCodecs); without it, `format: 'opus'` asks for pcm_s16le. */
+  readonly canDecodeOpus: boolean;
   readonly connected: boolean;
   readonly goingAway: { reason: string; deadline_ms: number } | null;
   speak(text: string, options?: SpeakOptions): Utterance;
@@ -188,3 +199,28 @@ export declare const WORKLET_SOURCE: string;
 export declare function decodePcm(buffer: ArrayBuffer, format: Format): Chunk;
 export declare function toFloat32(chunk: Chunk): Float32Array;
 export declare function endpointUrl(url?: string | URL): URL;
+/** Whether WebCodecs' AudioDecoder can decode Opus here (cached). */
+export declare function canDecodeOpus(): Promise<boolean>;
+
+export interface OggPacket {
+  data: Uint8Array;
+  /** Granule position of the page this packet ends on. */
+  granule: number;
+  eos: boolean;
+  bos: boolean;
+}
+
+/** Ogg pages (RFC 3533) to packets, from bytes arriving in any pieces. */
+export declare class OggReader {
+  push(bytes: ArrayBuffer | Uint8Array): OggPacket[];
+}
+
+/** An Ogg Opus stream decoded as it arrives (WebCodecs), pre-skip and end trim applied. */
+export declare class OggOpusDecoder {
+  constructor(options: { onSamples: (samples: Float32Array, sampleRate: number) => void; onError?: (e: unknown) => void });
+  readonly bytes: number;
+  push(buffer: ArrayBuffer): void;
+  /** Resolves when everything pushed so far has been delivered to onSamples. */
+  flush(): Promise<void>;
+  close(): void;
+}

@@ -88,6 +88,186 @@ export function toFloat32(chunk) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ogg Opus (format `opus`): Ogg pages demuxed here, packets decoded by WebCodecs' AudioDecoder
+
+let opusSupport = null;
+
+/** Whether this browser can decode Opus with WebCodecs (cached). Without it, `speak(..., {format: 'opus'})`
+ * asks the server for pcm_s16le instead. */
+export function canDecodeOpus() {
+  if (!opusSupport) {
+    opusSupport = (async () => {
+      if (typeof AudioDecoder === 'undefined' || typeof EncodedAudioChunk === 'undefined') return false;
+      try {
+        const r = await AudioDecoder.isConfigSupported({ codec: 'opus', sampleRate: 48000, numberOfChannels: 1 });
+        return r.supported === true;
+      } catch {
+        return false;
+      }
+    })();
+  }
+  return opusSupport;
+}
+
+// Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1).
+function opusPacketSamples(p) {
+  if (!p.length) return 0;
+  const config = p[0] >> 3;
+  let size; // one frame, in 48 kHz samples
+  if (config < 12) size = [480, 960, 1920, 2880][config & 3];
+  else if (config < 16) size = [480, 960][config & 1];
+  else size = [120, 240, 480, 960][config & 3];
+  const code = p[0] & 3;
+  const frames = code === 0 ? 1 : code < 3 ? 2 : p.length > 1 ? p[1] & 0x3f : 0;
+  return size * frames;
+}
+
+/** Splits a byte stream into Ogg pages (RFC 3533) and pages into packets; bytes may arrive in any pieces. */
+export class OggReader {
+  constructor() {
+    this._buf = new Uint8Array(0);
+    this._partial = []; // pieces of a packet continued on the next page
+  }
+
+  /** Feed bytes; returns the packets completed, each as {data: Uint8Array, granule, eos, bos}
+   * (granule and eos describe the page the packet ends on; granule is a Number, exact below 2^53). */
+  push(bytes) {
+    const add = new Uint8Array(bytes);
+    const buf = new Uint8Array(this._buf.length + add.length);
+    buf.set(this._buf);
+    buf.set(add, this._buf.length);
+    const out = [];
+    let at = 0;
+    while (buf.length - at >= 27) {
+      if (buf[at] !== 0x4f || buf[at + 1] !== 0x67 || buf[at + 2] !== 0x67 || buf[at + 3] !== 0x53) {
+        throw new VoxError('bad_audio', 'not an Ogg stream (no OggS capture pattern)');
+      }
+      const nseg = buf[at + 26];
+      if (buf.length - at < 27 + nseg) break;
+      let len = 0;
+      for (let i = 0; i < nseg; i++) len += buf[at + 27 + i];
+      if (buf.length - at < 27 + nseg + len) break;
+      const view = new DataView(buf.buffer, buf.byteOffset + at);
+      const flags = buf[at + 5];
+      const granule = view.getUint32(6, true) + view.getInt32(10, true) * 2 ** 32;
+      let pos = at + 27 + nseg;
+      for (let i = 0; i < nseg; i++) {
+        const lace = buf[at + 27 + i];
+        this._partial.push(buf.subarray(pos, pos + lace));
+        pos += lace;
+        if (lace < 255) {
+          const size = this._partial.reduce((a, c) => a + c.length, 0);
+          const data = new Uint8Array(size);
+          let o = 0;
+          for (const c of this._partial) { data.set(c, o); o += c.length; }
+          this._partial = [];
+          out.push({ data, granule, eos: (flags & 4) !== 0, bos: (flags & 2) !== 0 });
+        }
+      }
+      // a packet continued on the next page must not keep this buffer alive
+      this._partial = this._partial.map((c) => c.slice());
+      at = pos;
+    }
+    this._buf = buf.slice(at);
+    return out;
+  }
+}
+
+/** Decodes an Ogg Opus byte stream as it arrives (WebCodecs AudioDecoder): pre-skip and the end trim
+ * from the last granule position applied, so the samples are exactly the audio the server encoded.
+ * `onSamples(Float32Array, sampleRate)` gets mono float32 in order. */
+export class OggOpusDecoder {
+  constructor({ onSamples, onError = () => {} }) {
+    this.onSamples = onSamples;
+    this.onError = onError;
+    this.reader = new OggReader();
+    this.decoder = null;
+    this.channels = 1;
+    this.preSkip = 0; // 48 kHz samples still to drop at the start
+    this.skipTotal = 0; // the stream's pre-skip
+    this.end = null; // total 48 kHz samples to output (known at the last page)
+    this.out48 = 0; // 48 kHz samples output so far
+    this.timestamp = 0; // 48 kHz samples decoded so far (the chunks' timestamps)
+    this.headers = 0;
+    this.bytes = 0;
+  }
+
+  /** Feed one piece of the stream (one WebSocket frame: whole pages). */
+  push(buffer) {
+    this.bytes += buffer.byteLength;
+    for (const p of this.reader.push(buffer)) {
+      if (this.headers === 0) {
+        const h = p.data;
+        if (h.length < 19 || String.fromCharCode(...h.subarray(0, 8)) !== 'OpusHead') {
+          throw new VoxError('bad_audio', 'Ogg stream without an OpusHead');
+        }
+        this.channels = h[9];
+        this.preSkip = h[10] | (h[11] << 8);
+        this.skipTotal = this.preSkip;
+        this.decoder = new AudioDecoder({ output: (d) => this._output(d), error: (e) => this.onError(e) });
+        this.decoder.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: this.channels });
+        this.headers = 1;
+        continue;
+      }
+      if (this.headers === 1) { this.headers = 2; continue; } // OpusTags
+      if (p.eos) this.end = Math.max(0, p.granule - this.skipTotal);
+      const duration = opusPacketSamples(p.data);
+      this.decoder.decode(new EncodedAudioChunk({
+        type: 'key', data: p.data, timestamp: Math.round((this.timestamp * 1e6) / 48000),
+        duration: Math.round((duration * 1e6) / 48000),
+      }));
+      this.timestamp += duration;
+    }
+  }
+
+  _output(data) {
+    try {
+      const rate = data.sampleRate;
+      const n = data.numberOfFrames;
+      let x = new Float32Array(n);
+      data.copyTo(x, { planeIndex: 0, format: 'f32-planar' });
+      data.close();
+      const scale = rate / 48000;
+      if (this.preSkip > 0) { // pre-skip counts 48 kHz samples; the decoder may output another rate
+        const drop = Math.min(n, Math.round(this.preSkip * scale));
+        x = x.subarray(drop);
+        this.preSkip -= Math.min(this.preSkip, Math.round(drop / scale));
+      }
+      if (this.end !== null) {
+        const room = Math.max(0, Math.round((this.end - this.out48) * scale));
+        if (x.length > room) x = x.subarray(0, room);
+      }
+      this.out48 += x.length / scale;
+      if (x.length) this.onSamples(x.slice(), rate);
+    } catch (e) {
+      this.onError(e);
+    }
+  }
+
+  /** Resolves once every packet pushed so far has been decoded and delivered. */
+  async flush() {
+    if (this.decoder && this.decoder.state === 'configured') await this.decoder.flush();
+  }
+
+  close() {
+    if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
+  }
+}
+
+// WAV (format `wav`): the RIFF header on the first frame, then 16-bit PCM.
+function wavDataOffset(bytes) {
+  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'RIFF') return 0;
+  let at = 12;
+  while (at + 8 <= bytes.length) {
+    const id = String.fromCharCode(...bytes.subarray(at, at + 4));
+    const size = new DataView(bytes.buffer, bytes.byteOffset + at + 4, 4).getUint32(0, true);
+    if (id === 'data') return at + 8;
+    at += 8 + size + (size & 1);
+  }
+  return bytes.length;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Utterances
 
 /** One context: an async iterator of audio chunks with start/chunk/done/cancelled/error events. */
@@ -99,11 +279,17 @@ export class Utterance extends EventTarget {
     this.options = options;
     this.state = 'pending'; // pending | queued | streaming | cancelling | done | cancelled | error
     this.format = options.format ?? 'pcm_s16le';
+    this.requestedFormat = options.requestedFormat ?? this.format; // `opus` falls back to pcm_s16le
     this.sampleRate = options.sampleRate ?? client.ready?.sample_rate ?? null;
     this.sentAt = now();
     this.firstAudioAt = null;
     this.chunks = 0;
     this.samples = 0;
+    this.bytes = 0; // what came over the wire: compare with samples for the bandwidth a format saves
+    this._opus = null; // OggOpusDecoder for `opus`
+    this._opusFlushed = false;
+    this._flushing = false; // `done` arrived; the decoder is delivering its last samples
+    this._wavBody = false;
     this.summary = null;
     this.error = null;
     this._queue = [];
@@ -136,6 +322,7 @@ export class Utterance extends EventTarget {
   cancel() {
     if (this.finished || this.state === 'cancelling') return;
     this.state = 'cancelling';
+    this._opus?.close();
     this._endIteration();
     try {
       this.client._send({ type: 'cancel', context: this.context });
@@ -198,9 +385,32 @@ export class Utterance extends EventTarget {
   }
 
   _onAudio(buffer) {
-    if (this.state === 'cancelling' || this.finished) return;
-    const chunk = decodePcm(buffer, this.format);
+    if (this.state === 'cancelling' || this.finished || this._flushing) return;
     if (this.firstAudioAt === null) this.firstAudioAt = now();
+    this.bytes += buffer.byteLength;
+    if (this.format === 'opus') {
+      try {
+        this._opus ??= new OggOpusDecoder({
+          onSamples: (x, rate) => this._deliver(rate !== this.sampleRate && this.sampleRate
+            ? resampleLinear(x, rate, this.sampleRate) : x),
+          onError: (e) => this._fail(new VoxError('bad_audio', `Opus decoding failed: ${e.message ?? e}`,
+            { context: this.context })),
+        });
+        this._opus.push(buffer);
+      } catch (e) {
+        this._fail(e instanceof VoxError ? e : new VoxError('bad_audio', String(e.message ?? e), { context: this.context }));
+      }
+      return;
+    }
+    if (this.format === 'wav' && !this._wavBody) {
+      this._wavBody = true;
+      buffer = buffer.slice(wavDataOffset(new Uint8Array(buffer)));
+    }
+    this._deliver(decodePcm(buffer, this.format === 'wav' ? 'pcm_s16le' : this.format));
+  }
+
+  _deliver(chunk) {
+    if (this.state === 'cancelling' || this.state === 'cancelled' || this.state === 'error') return;
     this.chunks += 1;
     this.samples += chunk.length;
     this._emit('chunk', chunk);
@@ -210,7 +420,23 @@ export class Utterance extends EventTarget {
   }
 
   _onDone(msg) {
-    if (this.finished) return;
+    if (this.finished || this._flushing) return;
+    if (this._opus && !this._opusFlushed) {
+      // Decoding is asynchronous: the last samples come out after the server's `done`.
+      this._opusFlushed = true;
+      this._flushing = true;
+      const finish = () => {
+        this._flushing = false;
+        this._opus.close();
+        this._onDone(msg);
+      };
+      this._opus.flush().then(finish, (e) => {
+        if (this.state === 'cancelling') return finish(); // cancel() closed the decoder: the server had finished
+        this._flushing = false;
+        this._fail(new VoxError('bad_audio', `Opus decoding failed: ${e.message ?? e}`, { context: this.context }));
+      });
+      return;
+    }
     this.state = 'done';
     this.summary = { ...msg, cancelled: false, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
@@ -220,6 +446,7 @@ export class Utterance extends EventTarget {
 
   _onCancelled(msg) {
     if (this.finished) return;
+    this._opus?.close();
     this.state = 'cancelled';
     this.summary = { ...msg, cancelled: true, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
@@ -229,6 +456,7 @@ export class Utterance extends EventTarget {
 
   _fail(error) {
     if (this.finished) return;
+    this._opus?.close();
     this.state = 'error';
     this.error = error;
     this._endIteration();
@@ -292,6 +520,7 @@ function wireOptions(o) {
   const out = {};
   if (o.format !== undefined) out.format = o.format;
   if (o.sampleRate !== undefined) out.sample_rate = Number(o.sampleRate);
+  if (o.bitrate !== undefined) out.bitrate = Number(o.bitrate);
   if (o.voice !== undefined) out.voice = o.voice;
   if (o.cfgValue !== undefined) out.cfg_value = o.cfgValue;
   if (o.temperature !== undefined) out.temperature = o.temperature;
@@ -316,7 +545,8 @@ export class VoxWS extends EventTarget {
   /** Open a socket and wait for the server's `ready`. Rejects with VoxConnectionError. */
   static async connect(url, options = {}) {
     const client = new VoxWS(url, options);
-    await client._open();
+    const [, opus] = await Promise.all([client._open(), canDecodeOpus()]);
+    client.canDecodeOpus = opus;
     return client;
   }
 
@@ -326,6 +556,7 @@ export class VoxWS extends EventTarget {
     this.token = token || null;
     this.timeoutMs = timeoutMs;
     this.ready = null; // the server's `ready` message
+    this.canDecodeOpus = false; // set by connect(): whether `opus` is played as Opus or asked for as PCM
     this.goingAway = null;
     this.closed = false;
     this.ws = null;
@@ -392,6 +623,7 @@ export class VoxWS extends EventTarget {
    * context (an id of your own; default: generated). */
   speak(text, options = {}) {
     if (typeof text !== 'string') throw new TypeError('speak(text): text must be a string');
+    options = this._playable(options);
     const u = new Utterance(this, this._contextId(options), options);
     this._send({ type: 'speak', context: u.context, text, ...wireOptions(options) });
     this._contexts.set(u.context, u);
@@ -401,9 +633,21 @@ export class VoxWS extends EventTarget {
   /** Open a context for incremental text: ctx.write(), ctx.flush(), ctx.end(). */
   open(options = {}) {
     this._assertOpen();
+    options = this._playable(options);
     const ctx = new TextContext(this, this._contextId(options), options);
     this._contexts.set(ctx.context, ctx);
     return ctx;
+  }
+
+  // `opus` without WebCodecs: ask for 16-bit PCM instead (the same audio, ~14x the bytes).
+  _playable(options) {
+    if (options.format === 'mp3') {
+      throw new VoxError('unsupported_format', 'voxws.js does not decode mp3: use opus (or pcm_*) in the browser');
+    }
+    if (options.format !== 'opus' || this.canDecodeOpus) return options;
+    const { bitrate: _opusOnly, ...rest } = options;
+    const rate = rest.sampleRate !== undefined && Number(rest.sampleRate) === 12000 ? 16000 : rest.sampleRate;
+    return { ...rest, sampleRate: rate, format: 'pcm_s16le', requestedFormat: 'opus' };
   }
 
   /** Cancel every open context of this socket. */
