@@ -1,0 +1,188 @@
+"""VoxWSTTSService in a real Pipecat pipeline (frame source -> TTS -> sink, no transport) against a real
+voxws server on the synthetic engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+pytest.importorskip("pipecat")
+
+from pipecat.frames.frames import (
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from tests.conftest import running, url
+from tests.wsclient import until
+from voxws.client import Done
+from voxws.integrations.pipecat import VoxWSTTSService
+from voxws.server import Server
+
+TURN_ONE = ["Hello there. ", "This is the first turn, ", "and it is spoken in full."]
+TURN_TWO = ["This second turn is long. " * 6, "It goes on and on, so that the interruption lands in its middle. " * 3]
+
+
+class Sink(FrameProcessor):
+    """The end of the pipeline: keeps every downstream frame in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[Frame] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM and not isinstance(frame, StartFrame):
+            self.frames.append(frame)
+        await self.push_frame(frame, direction)
+
+    def audio(self, context_id: str | None = None) -> list[TTSAudioRawFrame]:
+        return [f for f in self.frames if isinstance(f, TTSAudioRawFrame)
+                and (context_id is None or f.context_id == context_id)]
+
+    def stopped(self, context_id: str) -> bool:
+        return any(isinstance(f, TTSStoppedFrame) and f.context_id == context_id for f in self.frames)
+
+
+@dataclass
+class Bot:
+    server: Server
+    tts: VoxWSTTSService
+    sink: Sink
+    worker: PipelineWorker
+    done: dict[str, Done] = field(default_factory=dict)
+
+    async def say(self, pieces: list[str]) -> None:
+        await self.worker.queue_frames([LLMFullResponseStartFrame(), *(LLMTextFrame(p) for p in pieces),
+                                        LLMFullResponseEndFrame()])
+
+    async def slots_in_use(self) -> float:
+        # In a thread: the server answers /metrics on this very event loop.
+        return await asyncio.to_thread(metric, self.server.port, "voxws_engine_slots_in_use")
+
+    async def until_slots_free(self, timeout: float = 10.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if await self.slots_in_use() == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("engine slots still in use")
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@contextlib.asynccontextmanager
+async def _bot(rate: int = 24000, **tts_kw: object) -> AsyncIterator[Bot]:
+    async with running() as server:
+        tts = VoxWSTTSService(url=url(server), **tts_kw)  # type: ignore[arg-type]
+        sink = Sink()
+        worker = PipelineWorker(Pipeline([tts, sink]), params=PipelineParams(audio_out_sample_rate=rate),
+                                cancel_on_idle_timeout=False)
+        bot = Bot(server, tts, sink, worker)
+
+        @tts.event_handler("on_context_done")
+        async def _done(service: VoxWSTTSService, done: Done) -> None:
+            bot.done[done.context] = done
+
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(worker)
+        run = asyncio.create_task(runner.run())
+        try:
+            await until(lambda: tts.client is not None, 20)
+            yield bot
+        finally:
+            await worker.queue_frame(EndFrame())
+            try:
+                await asyncio.wait_for(run, 20)
+            except TimeoutError:
+                await worker.cancel()
+                await run
+
+
+
+def turn_ids(sink: Sink) -> list[str]:
+    ids: list[str] = []
+    for f in sink.audio():
+        if f.context_id not in ids:
+            ids.append(f.context_id)  # type: ignore[arg-type]
+    return ids
+
+
+def test_two_turns_second_interrupted() -> None:
+    asyncio.run(_two_turns())
+
+
+async def _two_turns() -> None:
+    async with _bot(24000) as bot:
+        await bot.say(TURN_ONE)
+        await until(lambda: len(turn_ids(bot.sink)) == 1 and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
+        one = turn_ids(bot.sink)[0]
+        await until(lambda: one in bot.done, 10)
+        done = bot.done[one]
+        frames = bot.sink.audio(one)
+        # Every frame of turn one, at the pipeline's rate, straight from the server (no resampling).
+        assert len(frames) == done.chunks
+        assert all(f.sample_rate == 24000 and f.num_channels == 1 for f in frames)
+        assert sum(len(f.audio) for f in frames) // 2 == pytest.approx(done.audio_ms * 24, abs=24)
+
+        await bot.say(TURN_TWO)
+        await until(lambda: len(turn_ids(bot.sink)) == 2 and len(bot.sink.audio(turn_ids(bot.sink)[1])) >= 3, 30)
+        two = turn_ids(bot.sink)[1]
+        await bot.worker.queue_frame(InterruptionFrame())
+        await until(lambda: any(isinstance(f, InterruptionFrame) for f in bot.sink.frames), 10)
+        # The slot is given back (the server cancels the engine request)...
+        await bot.until_slots_free()
+        await asyncio.sleep(0.5)  # room for any stale frame to (wrongly) arrive
+        cut = next(i for i, f in enumerate(bot.sink.frames) if isinstance(f, InterruptionFrame))
+        # ... and no audio of turn two follows the interruption.
+        assert not [f for f in bot.sink.frames[cut:] if isinstance(f, TTSAudioRawFrame) and f.context_id == two]
+        assert two not in bot.done
+        assert await bot.slots_in_use() == 0
+
+
+def test_native_rate_and_word_text_frames_without_server_words() -> None:
+    asyncio.run(_native_rate())
+
+
+async def _native_rate() -> None:
+    # The server today sends no `words`: the turn's text still comes out (Pipecat completes it at the end).
+    async with _bot(44100) as bot:
+        await bot.say(["Good morning. ", "How are you today?"])
+        await until(lambda: bool(turn_ids(bot.sink)) and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
+        frames = bot.sink.audio()
+        assert frames and all(f.sample_rate == 44100 for f in frames)
+        text = " ".join(f.text for f in bot.sink.frames if isinstance(f, TTSTextFrame))
+        assert "Good morning." in text and "today?" in text
+
+
+def test_rate_the_server_lacks_is_resampled_once() -> None:
+    asyncio.run(_other_rate())
+
+
+async def _other_rate() -> None:
+    async with _bot(12000) as bot:
+        await bot.say(["One more sentence."])
+        await until(lambda: bool(turn_ids(bot.sink)) and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
+        assert all(f.sample_rate == 12000 for f in bot.sink.audio())
