@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from tests.agentutil import slots_free, slots_in_use
 from tests.conftest import running, url
 from tests.wsclient import until
 from voxws.client import Done
@@ -74,23 +74,10 @@ class Bot:
                                         LLMFullResponseEndFrame()])
 
     async def slots_in_use(self) -> float:
-        # In a thread: the server answers /metrics on this very event loop.
-        return await asyncio.to_thread(metric, self.server.port, "voxws_engine_slots_in_use")
+        return await slots_in_use(self.server.port)
 
-    async def until_slots_free(self, timeout: float = 10.0) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if await self.slots_in_use() == 0:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("engine slots still in use")
-
-
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    async def until_slots_free(self) -> None:
+        await slots_free(self.server.port)
 
 
 @contextlib.asynccontextmanager
