@@ -35,9 +35,9 @@ def test_synthesize_gives_the_server_audio() -> None:
                 pcm = b"".join(bytes(f.data) for f in frames)
                 assert frames and all(f.sample_rate == 24000 and f.num_channels == 1 for f in frames)
                 # All of it (the synthetic engine's samples differ per context, their count does not); LiveKit
-                # pads the last frame to whole 10 ms with silence.
+                # may end on up to 10 ms of silence of its own.
                 ref = len(await reference(url(server), text, 24000))
-                assert ref <= len(pcm) < ref + 480 and pcm[ref:] == bytes(len(pcm) - ref)
+                assert ref <= len(pcm) <= ref + 480 and pcm[ref:] == bytes(len(pcm) - ref)
             finally:
                 await lk.aclose()
     asyncio.run(main())
