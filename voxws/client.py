@@ -579,7 +579,8 @@ class VoxClient:
                         normalize=normalize, language=language, cfg_value=cfg_value, temperature=temperature,
                         seed=seed)
         ctx = self._new(context, opts, incremental=False)
-        self._enqueue({"type": "speak", "context": ctx.id, "text": text, **opts})
+        if not ctx.finished:
+            self._enqueue({"type": "speak", "context": ctx.id, "text": text, **opts})
         return ctx
 
     def open_context(self, *, voice: str | None = None, format: Format | None = None,
@@ -669,9 +670,8 @@ class VoxClient:
         except ConnectionClosed:
             pass
         finally:
-            rc = self._ws.close_rcvd
-            self.close_code = rc.code if rc is not None else None
-            self.close_reason = rc.reason if rc is not None else ""
+            self.close_code = self._ws.close_code
+            self.close_reason = self._ws.close_reason or ""
             self._lost(f"the socket closed ({self.close_code}: {self.close_reason})".replace(": )", ")"))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
