@@ -123,3 +123,43 @@ def test_stream_aligned_transcript_when_the_server_sends_words() -> None:
                 await lk.aclose()
     asyncio.run(main())
 
+
+
+def test_busy_is_a_retryable_429() -> None:
+    async def main() -> None:
+        async with running(max_num_seqs=1, max_queue=0) as server:
+            lk = TTS(url=url(server))
+            try:
+                first = lk.stream(conn_options=NO_RETRY)
+                first.push_text("Keep the only slot busy for a while. " * 6)
+                first.end_input()
+                await anext(first)
+                with pytest.raises(APIStatusError) as e:
+                    [ev async for ev in lk.synthesize("No room.", conn_options=NO_RETRY)]
+                assert e.value.status_code == 429 and e.value.retryable
+                await first.aclose()
+                await slots_free(server.port)
+            finally:
+                await lk.aclose()
+    asyncio.run(main())
+
+
+def test_going_away_mid_stream_finishes_then_reconnects() -> None:
+    async def main() -> None:
+        async with running(drain_timeout_s=30) as server:
+            lk = TTS(url=url(server))
+            try:
+                stream = lk.stream(conn_options=NO_RETRY)
+                stream.push_text("This stream is in flight when the server starts draining. " * 3)
+                stream.end_input()
+                events = [await anext(stream)]
+                server.drain()
+                events += [ev async for ev in stream]
+                assert sum(len(bytes(ev.frame.data)) for ev in events) > 24000 * 2 * 5  # all of it: >5 s
+                # The next request needs a new socket; this server is draining, so it refuses (503, retryable).
+                with pytest.raises(APIStatusError) as e:
+                    [ev async for ev in lk.synthesize("Next.", conn_options=NO_RETRY)]
+                assert e.value.status_code == 503 and e.value.retryable
+            finally:
+                await lk.aclose()
+    asyncio.run(main())

@@ -14,6 +14,7 @@ pytest.importorskip("pipecat")
 
 from pipecat.frames.frames import (
     EndFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
@@ -29,7 +30,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from tests.agentutil import slots_free, slots_in_use
+from tests.agentutil import NO_WORDS, server_sends_words, slots_free, slots_in_use
 from tests.conftest import running, url
 from tests.wsclient import until
 from voxws.client import Done
@@ -38,6 +39,23 @@ from voxws.server import Server
 
 TURN_ONE = ["Hello there. ", "This is the first turn, ", "and it is spoken in full."]
 TURN_TWO = ["This second turn is long. " * 6, "It goes on and on, so that the interruption lands in its middle. " * 3]
+
+
+class Source(FrameProcessor):
+    """The head of the pipeline: keeps what comes back upstream (errors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up: list[Frame] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.UPSTREAM:
+            self.up.append(frame)
+        await self.push_frame(frame, direction)
+
+    def errors(self) -> list[str]:
+        return [f.error for f in self.up if isinstance(f, ErrorFrame)]
 
 
 class Sink(FrameProcessor):
@@ -66,6 +84,7 @@ class Bot:
     server: Server
     tts: VoxWSTTSService
     sink: Sink
+    source: Source
     worker: PipelineWorker
     done: dict[str, Done] = field(default_factory=dict)
 
@@ -81,13 +100,14 @@ class Bot:
 
 
 @contextlib.asynccontextmanager
-async def _bot(rate: int = 24000, **tts_kw: object) -> AsyncIterator[Bot]:
-    async with running() as server:
+async def _bot(rate: int = 24000, server_settings: dict[str, object] | None = None,
+               **tts_kw: object) -> AsyncIterator[Bot]:
+    async with running(**(server_settings or {})) as server:
         tts = VoxWSTTSService(url=url(server), **tts_kw)  # type: ignore[arg-type]
-        sink = Sink()
-        worker = PipelineWorker(Pipeline([tts, sink]), params=PipelineParams(audio_out_sample_rate=rate),
+        source, sink = Source(), Sink()
+        worker = PipelineWorker(Pipeline([source, tts, sink]), params=PipelineParams(audio_out_sample_rate=rate),
                                 cancel_on_idle_timeout=False)
-        bot = Bot(server, tts, sink, worker)
+        bot = Bot(server, tts, sink, source, worker)
 
         @tts.event_handler("on_context_done")
         async def _done(service: VoxWSTTSService, done: Done) -> None:
@@ -106,7 +126,6 @@ async def _bot(rate: int = 24000, **tts_kw: object) -> AsyncIterator[Bot]:
             except TimeoutError:
                 await worker.cancel()
                 await run
-
 
 
 def turn_ids(sink: Sink) -> list[str]:
@@ -173,3 +192,47 @@ async def _other_rate() -> None:
         await bot.say(["One more sentence."])
         await until(lambda: bool(turn_ids(bot.sink)) and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
         assert all(f.sample_rate == 12000 for f in bot.sink.audio())
+
+
+def test_context_errors_become_error_frames_and_the_next_turn_speaks() -> None:
+    async def main() -> None:
+        async with _bot(24000, server_settings={"synthetic_fail_marker": "KABOOM"}) as bot:
+            await bot.say(["This turn goes KABOOM."])
+            await until(lambda: any("engine_error" in e for e in bot.source.errors()), 20)
+            await bot.say(["This one is fine."])
+            await until(lambda: len(bot.done) == 1, 20)
+            cid = next(iter(bot.done))
+            assert len(bot.sink.audio(cid)) == bot.done[cid].chunks
+            assert not bot.tts.client.closed  # type: ignore[union-attr]
+        async with _bot(24000, voice="nobody") as bot:
+            await bot.say(["Hello."])
+            await until(lambda: any("unknown_voice" in e for e in bot.source.errors()), 20)
+            assert not bot.sink.audio()
+    asyncio.run(main())
+
+
+def test_going_away_mid_turn_finishes_the_turn() -> None:
+    async def main() -> None:
+        async with _bot(24000, server_settings={"drain_timeout_s": 30}) as bot:
+            await bot.say(TURN_TWO)
+            await until(lambda: len(bot.sink.audio()) >= 2, 20)
+            bot.server.drain()
+            await until(lambda: len(bot.done) == 1, 30)
+            cid = next(iter(bot.done))
+            await until(lambda: bot.sink.stopped(cid), 10)
+            assert len(bot.sink.audio(cid)) == bot.done[cid].chunks  # every frame of the turn, despite the drain
+            # Then the server closes the socket (1001) and Pipecat's reconnection takes over.
+    asyncio.run(main())
+
+
+def test_word_frames_follow_server_words() -> None:
+    async def main() -> None:
+        async with _bot(24000) as bot:
+            if not await server_sends_words(url(bot.server)):
+                pytest.skip(NO_WORDS)
+            await bot.say(["Good morning to you all."])
+            await until(lambda: bool(turn_ids(bot.sink)) and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
+            words = [f for f in bot.sink.frames if isinstance(f, TTSTextFrame)]
+            assert [f.text for f in words] == ["Good", "morning", "to", "you", "all."]
+            assert all(f.pts for f in words)  # timed to the audio
+    asyncio.run(main())
