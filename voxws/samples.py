@@ -2,7 +2,10 @@
 
 A client counts durations from samples, never from bytes. Raw PCM is exact arithmetic;
 `wav` is PCM after a RIFF header in the first frame; `mp3` and `opus` frames end on frame
-or page boundaries (PROTOCOL.md "Formats"), so their headers tell the count without decoding.
+or page boundaries (PROTOCOL.md "Formats"), so their headers tell the count without decoding:
+MPEG frames x samples per frame, Ogg granule positions less the Opus pre-skip. A decoder that
+also trims the encoder's delay and end padding (gapless playback) outputs up to a couple of
+codec frames fewer than that.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def _wav_header_size(data: bytes) -> int:
 def _mp3_samples(data: bytes) -> int:
     total = 0
     pos = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # an ID3v2 tag before the first frame: skip it whole
+        pos = 10 + ((data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F))
     while pos + 4 <= len(data):
         b1, b2 = data[pos + 1], data[pos + 2]
         if data[pos] != 0xFF or (b1 & 0xE0) != 0xE0:
@@ -101,6 +106,8 @@ def _mp3_samples(data: bytes) -> int:
         kbps = _MP3_BITRATES[1 if version == 3 else 2][bidx]
         per_frame = 1152 if version == 3 else 576
         length = per_frame // 8 * kbps * 1000 // rate + ((b2 >> 1) & 1)
-        total += per_frame
+        head = data[pos + 4:pos + 40]
+        if b"Xing" not in head and b"Info" not in head:  # a Xing/Info frame is metadata: decoders play nothing
+            total += per_frame
         pos += max(length, 4)
     return total

@@ -186,7 +186,8 @@ class VoxWSTTSService(WebsocketTTSService):
         ctx = self._client.open_context(
             context=context_id, format="pcm_s16le", sample_rate=self._server_rate,
             voice=self._settings.voice if isinstance(self._settings.voice, str) else None,
-            language=lang if isinstance(lang, str) else None, normalize=self._normalize,
+            language=self.language_to_service_language(lang) if isinstance(lang, str) else None,
+            normalize=self._normalize,
             timestamps="word" if self._word_timestamps else None, cfg_value=self._cfg_value,
             temperature=self._temperature)
         self._contexts[context_id] = ctx
