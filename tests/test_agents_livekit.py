@@ -163,3 +163,19 @@ def test_going_away_mid_stream_finishes_then_reconnects() -> None:
             finally:
                 await lk.aclose()
     asyncio.run(main())
+
+
+def test_prewarm_opens_the_socket() -> None:
+    async def main() -> None:
+        async with running() as server:
+            lk = TTS(url=url(server))
+            try:
+                lk.prewarm()
+                for _ in range(200):
+                    if lk._client is not None:
+                        break
+                    await asyncio.sleep(0.02)
+                assert lk._client is not None and lk.model == "synthetic-voxcpm1.5"
+            finally:
+                await lk.aclose()
+    asyncio.run(main())

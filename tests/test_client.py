@@ -24,6 +24,7 @@ from voxws.client import (
     Done,
     EmptyTextError,
     EngineError,
+    Flushed,
     ForbiddenError,
     GoingAway,
     IdleTimeoutError,
@@ -335,4 +336,36 @@ def test_word_timestamps_when_the_server_sends_them() -> None:
             assert starts == sorted(starts)
             done = got[-1]
             assert isinstance(done, Done) and all(s <= done.audio_ms for s in starts)
+    run(main())
+
+
+def test_flushed_when_the_server_sends_it() -> None:
+    async def main() -> None:
+        async with running(text_delay_ms=60000) as server, VoxClient(url(server)) as c:
+            ctx = c.open_context()
+            await ctx.send("Hello there.")
+            await ctx.flush("f1")
+            await ctx.flush(7)
+            await ctx.end()
+            got = await items(ctx)
+            flushed = [i for i in got if isinstance(i, Flushed)]
+            if not flushed:
+                pytest.skip("server does not send `flushed` yet")
+            assert [f.flush_id for f in flushed] == ["f1", 7]
+            assert isinstance(got[-1], Done)
+    run(main())
+
+
+def test_cancelled_source_end_when_the_server_sends_it() -> None:
+    async def main() -> None:
+        async with running() as server, VoxClient(url(server)) as c:
+            text = "First sentence here. Second sentence there. " * 4
+            ctx = c.speak(text)
+            async for item in ctx:
+                if isinstance(item, Audio):
+                    await ctx.cancel()
+            assert ctx.cancelled is not None
+            if ctx.cancelled.source_end is None:
+                pytest.skip("server does not send `cancelled.source_end` yet")
+            assert 0 <= ctx.cancelled.source_end <= len(text)
     run(main())

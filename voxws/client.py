@@ -369,6 +369,8 @@ class Context:
     def _check_input(self, what: str) -> None:
         if not self.incremental:
             raise TypeError(f"{what}() is for contexts from open_context(); speak() contexts have all their text")
+        if self.error is not None:
+            raise self.error  # the context failed (its error, or the socket's)
         if self._input_ended or self.finished or self.cancel_requested:
             raise RuntimeError(f"{what}() after end(), cancel() or the context's end")
 

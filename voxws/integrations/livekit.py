@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from typing import Any
 
 from livekit.agents import (
@@ -101,6 +102,7 @@ class TTS(tts.TTS):
         self._client: VoxClient | None = None
         self._lock = asyncio.Lock()
         self._old: set[VoxClient] = set()  # draining sockets still finishing contexts
+        self._tasks: set[asyncio.Task[None]] = set()  # held so that they are not collected mid-way
 
     @property
     def model(self) -> str:
@@ -118,7 +120,7 @@ class TTS(tts.TTS):
                 return c
             if c is not None and not c.closed:
                 self._old.add(c)  # let it finish its contexts; it closes itself
-                asyncio.get_running_loop().create_task(self._close_when_idle(c))
+                self._spawn(self._close_when_idle(c))
             try:
                 self._client = c = await asyncio.wait_for(
                     VoxClient(self._url, token=self._token, context_prefix="lk").connect(), timeout)
@@ -140,7 +142,17 @@ class TTS(tts.TTS):
         self._old.discard(c)
 
     def prewarm(self) -> None:
-        asyncio.get_event_loop().create_task(self._prewarm())
+        """Open the socket ahead of the first request (from a running event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the first request opens the socket
+        self._spawn(self._prewarm())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _prewarm(self) -> None:
         with contextlib.suppress(Exception):
