@@ -521,7 +521,7 @@ class VoxClient:
             raise _handshake_error(e) from None
         try:
             hello = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
-        except (ConnectionClosed, TimeoutError, ValueError) as e:
+        except (ConnectionClosed, asyncio.TimeoutError, ValueError) as e:  # 3.10: not the builtin TimeoutError
             await ws.close()
             raise ConnectionLost(f"no `ready` from the server: {e!r}") from None
         if not isinstance(hello, dict) or hello.get("type") != "ready":

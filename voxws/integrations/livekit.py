@@ -124,7 +124,7 @@ class TTS(tts.TTS):
             try:
                 self._client = c = await asyncio.wait_for(
                     VoxClient(self._url, token=self._token, context_prefix="lk").connect(), timeout)
-            except TimeoutError as e:
+            except asyncio.TimeoutError as e:  # 3.10: not the builtin TimeoutError
                 raise APITimeoutError(f"voxws: no answer from {self._url}") from e
             except OSError as e:
                 raise APIConnectionError(f"voxws: cannot connect to {self._url}: {e}") from e

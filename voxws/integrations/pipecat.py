@@ -141,7 +141,7 @@ class VoxWSTTSService(WebsocketTTSService):
             return
         try:
             client = await VoxClient(self._url, token=self._token, context_prefix="pc").connect()
-        except (VoxError, OSError, TimeoutError) as e:
+        except (VoxError, OSError, asyncio.TimeoutError) as e:  # 3.10: not the builtin
             self._client = None
             await self.push_error(error_msg=f"voxws: cannot connect to {self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", str(e))
