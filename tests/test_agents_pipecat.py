@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -117,7 +118,7 @@ async def _bot(rate: int = 24000, server_settings: dict[str, object] | None = No
         await runner.add_workers(worker)
         run = asyncio.create_task(runner.run())
         try:
-            await until(lambda: tts.client is not None, 20)
+            await until(lambda: tts.client is not None or bool(source.errors()), 20)
             yield bot
         finally:
             await worker.queue_frame(EndFrame())
@@ -235,4 +236,18 @@ def test_word_frames_follow_server_words() -> None:
             words = [f for f in bot.sink.frames if isinstance(f, TTSTextFrame)]
             assert [f.text for f in words] == ["Good", "morning", "to", "you", "all."]
             assert all(f.pts for f in words)  # timed to the audio
+    asyncio.run(main())
+
+
+def test_refused_token_is_a_permanent_error(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+
+    async def main() -> None:
+        async with _bot(24000, server_settings={"auth_token_file": str(token)}, token="wrong") as bot:
+            await until(lambda: any("unauthorized" in e for e in bot.source.errors()), 20)
+            assert bot.tts.client is None and not bot.tts.is_usable
+        async with _bot(24000, server_settings={"auth_token_file": str(token)}, token="s3cret") as bot:
+            await bot.say(["Authorized."])
+            await until(lambda: len(bot.done) == 1, 20)
     asyncio.run(main())

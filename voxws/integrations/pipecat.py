@@ -39,7 +39,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 from pipecat.transcriptions.language import Language
 
-from voxws.client import Audio, Context, Done, VoxClient, VoxError, Words
+from voxws.client import Audio, Context, Done, ForbiddenError, UnauthorizedError, VoxClient, VoxError, Words
 
 __all__ = ["VoxWSTTSService"]
 
@@ -143,7 +143,10 @@ class VoxWSTTSService(WebsocketTTSService):
             client = await VoxClient(self._url, token=self._token, context_prefix="pc").connect()
         except (VoxError, OSError, asyncio.TimeoutError) as e:  # 3.10: not the builtin
             self._client = None
-            await self.push_error(error_msg=f"voxws: cannot connect to {self._url}: {e}", exception=e)
+            # A refused token or origin is configuration that no retry fixes (Pipecat's "permanent" errors).
+            permanent = isinstance(e, (UnauthorizedError, ForbiddenError))
+            await self.push_error(error_msg=f"voxws: cannot connect to {self._url}: {e}", exception=e,
+                                  force_treat_as_permanent=permanent)
             await self._call_event_handler("on_connection_error", str(e))
             return
         assert client.ready is not None
