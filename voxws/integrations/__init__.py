@@ -1,0 +1,1 @@
+"""Voice-agent framework integrations: voxws.integrations.pipecat, voxws.integrations.livekit."""
