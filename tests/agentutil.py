@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 
-from voxws.client import Segment, VoxClient, Words
-
 
 def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -29,17 +27,3 @@ async def slots_free(port: int, timeout: float = 10.0) -> None:
     raise AssertionError("engine slots still in use")
 
 
-async def server_sends_words(url: str) -> bool:
-    """Does this server answer `timestamps: "word"` with `words` messages? (PROTOCOL.md; not sent by
-    every server yet: tests of word timestamps skip until it does.)"""
-    async with VoxClient(url) as c:
-        return any([isinstance(i, Words) async for i in c.speak("Probe words.", timestamps="word")])
-
-
-async def server_sends_segments(url: str) -> bool:
-    async with VoxClient(url) as c:
-        return any([isinstance(i, Segment) async for i in c.speak("Probe segments.")])
-
-
-NO_WORDS = "server does not send `words` yet"
-NO_SEGMENTS = "server does not send `segment` yet"

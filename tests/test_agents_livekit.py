@@ -11,7 +11,7 @@ pytest.importorskip("livekit.agents")
 from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
-from tests.agentutil import NO_WORDS, server_sends_words, slots_free
+from tests.agentutil import slots_free
 from tests.conftest import running, url
 from voxws.client import VoxClient
 from voxws.integrations.livekit import TTS
@@ -103,11 +103,9 @@ def test_errors_become_api_errors() -> None:
     asyncio.run(main())
 
 
-def test_stream_aligned_transcript_when_the_server_sends_words() -> None:
+def test_stream_aligned_transcript_from_server_words() -> None:
     async def main() -> None:
         async with running() as server:
-            if not await server_sends_words(url(server)):
-                pytest.skip(NO_WORDS)
             lk = TTS(url=url(server), sample_rate=24000)
             try:
                 stream = lk.stream(conn_options=NO_RETRY)

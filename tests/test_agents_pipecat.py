@@ -31,7 +31,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from tests.agentutil import NO_WORDS, server_sends_words, slots_free, slots_in_use
+from tests.agentutil import slots_free, slots_in_use
 from tests.conftest import running, url
 from tests.wsclient import until
 from voxws.client import Done
@@ -229,8 +229,6 @@ def test_going_away_mid_turn_finishes_the_turn() -> None:
 def test_word_frames_follow_server_words() -> None:
     async def main() -> None:
         async with _bot(24000) as bot:
-            if not await server_sends_words(url(bot.server)):
-                pytest.skip(NO_WORDS)
             await bot.say(["Good morning to you all."])
             await until(lambda: bool(turn_ids(bot.sink)) and bot.sink.stopped(turn_ids(bot.sink)[0]), 30)
             words = [f for f in bot.sink.frames if isinstance(f, TTSTextFrame)]
