@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from voxws import protocol, sizing
+from voxws import codecs, protocol, sizing
 from voxws.admission import Busy
 from voxws.audio import Encoder
 from voxws.engines.base import EngineError, VoicePrompt
@@ -151,9 +151,15 @@ def open_context(shared: Shared, cid: str, opts: protocol.Options, incremental: 
     else:  # the first segment may become the continuity prompt: keep it within its share
         budget = sizing.continuity_budget(full)
         sizer = Sizer(lambda t: sizing.positions(t, count), full - budget, first_limit=budget, full=full)
-    rate = opts.sample_rate or engine.sample_rate
+    native = engine.sample_rate
+    rate = opts.sample_rate or codecs.default_rate(opts.format, native)  # Opus has no 44.1 kHz: 48 kHz
+    try:
+        bitrate = codecs.check(opts.format, rate, opts.bitrate)
+    except codecs.CodecError as e:
+        code = "bad_option" if e.option == "bitrate" else "unsupported_format"
+        raise ProtocolError(code, str(e), cid) from None
     intake = Intake(language=opts.language, expand=opts.normalize, sizer=sizer, threshold_chars=s.text_buffer_chars)
-    ctx = Context(cid, opts, Encoder(opts.format, engine.sample_rate, rate), rate, incremental, intake,
+    ctx = Context(cid, opts, Encoder(opts.format, native, rate, bitrate), rate, incremental, intake,
                   voice_id=voice_id, prompt=prompt)
     return ctx
 

@@ -128,10 +128,9 @@ def _options(obj: dict[str, Any], ctx: str | None) -> tuple[Options, bool]:
     if bitrate is not None:
         if isinstance(bitrate, bool) or not isinstance(bitrate, int):
             raise _bad("`bitrate` must be an integer (bits per second)", ctx)
-        lo, hi = BITRATES
-        if fmt not in ("mp3", "opus") or not lo <= bitrate <= hi:
-            raise ProtocolError("bad_option", f"`bitrate` {bitrate} is for mp3 and opus only, "
-                                f"{lo} to {hi} bits per second", ctx)
+        lo, hi = BITRATES  # the codec narrows it when the context opens (codecs.check)
+        if not lo <= bitrate <= hi:
+            raise ProtocolError("bad_option", f"`bitrate` {bitrate} is not from {lo} to {hi} bits per second", ctx)
     voice = obj.get("voice")
     if voice is not None and not isinstance(voice, str):
         raise _bad("`voice` must be a string", ctx)
