@@ -5,7 +5,7 @@ no temp file left open, nothing but committed voices in the store, and the serve
 A seeded generator (reproducible: the seed and case number are in every failure message) mutates valid
 uploads: truncations, byte flips, splices, broken or duplicated boundaries, odd part headers, wrong
 Content-Length, broken chunked framing, odd Content-Types. Counts: see CASES (2,000 per PR run, 10,000
-with VOXWS_FUZZ_PROFILE=nightly; the 10,000-case run passes with seed 20261201).
+with VOXWS_FUZZ=nightly; the 10,000-case run passes with seed 20261201).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 import h11
 
 from tests.audiofiles import encode, speechlike
+from tests.fuzzing import examples
 from tests.voices_app import multipart, request, serving
 from voxws import voices
 
-# PR-size run: 2,000 cases (~15 s on two cores). VOXWS_FUZZ_PROFILE=nightly: 10,000 (~75 s).
-# VOXWS_FUZZ_UPLOADS=N: exactly N.
-CASES = int(os.environ.get("VOXWS_FUZZ_UPLOADS") or (10_000 if os.environ.get("VOXWS_FUZZ_PROFILE") == "nightly"
-                                                     else 2_000))
+# 10,000 cases on every run (~75 s on two busy cores); the nightly profile (VOXWS_FUZZ=nightly, tests/fuzzing.py)
+# runs ten times that. VOXWS_FUZZ_UPLOADS=N: exactly N.
+CASES = int(os.environ.get("VOXWS_FUZZ_UPLOADS") or examples(10_000))
 SEED = int(os.environ.get("VOXWS_FUZZ_SEED", "20261201"))
 
 
