@@ -4,8 +4,8 @@ no temp file left open, nothing but committed voices in the store, and the serve
 
 A seeded generator (reproducible: the seed and case number are in every failure message) mutates valid
 uploads: truncations, byte flips, splices, broken or duplicated boundaries, odd part headers, wrong
-Content-Length, broken chunked framing, odd Content-Types. Counts: see CASES (2,000 per PR run, 10,000
-with VOXWS_FUZZ=nightly; the 10,000-case run passes with seed 20261201).
+Content-Length, broken chunked framing, odd Content-Types. Counts: see CASES (10,000 per run, 100,000
+with VOXWS_FUZZ=nightly).
 """
 
 from __future__ import annotations
