@@ -20,11 +20,13 @@ from rich.table import Table
 from voxws.bench import report, scenarios
 from voxws.bench.client import Target
 from voxws.bench.scenarios import Bench, Limits
+from voxws.cli import version_option
 
 FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw")
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# rich_markup_mode=None: plain help, like voxws and voxws-ops (rich markup would eat "[...]" in help text).
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 err = Console(stderr=True)
 out = Console()
 
@@ -47,6 +49,11 @@ NoPlots = Annotated[bool, typer.Option("--no-plots", help="do not draw PNG plots
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 DEFAULT_URL = "ws://127.0.0.1:8081/v1/tts"
+
+
+@app.callback()
+def main_(version: bool = version_option("voxws-bench")) -> None:
+    """voxws-bench: the load-test report's scenarios against any voxws URL."""
 
 
 def _fail(msg: str) -> None:

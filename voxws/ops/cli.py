@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voxws import sizing
+from voxws.cli import version_option
 from voxws.ops import install as inst
 from voxws.ops import nginx, plan, render, validate
 
@@ -34,6 +35,11 @@ Exec = Annotated[str | None, typer.Option(
 User = Annotated[str, typer.Option(help="system user the service runs as")]
 Engine = Annotated[str, typer.Option(help="nanovllm (GPU) or synthetic (CPU stand-in, for tests)")]
 Host = Annotated[str, typer.Option(help="VOXWS_HOST: listen address of every group")]
+
+
+@app.callback()
+def main(version: bool = version_option("voxws-ops")) -> None:
+    """voxws-ops: plan, render, validate, install and watch one systemd service per GPU group."""
 
 
 def _fail(lines: str | list[str], code: int = 1) -> None:
