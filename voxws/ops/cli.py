@@ -242,6 +242,8 @@ def status_cmd(root: Annotated[Path, typer.Option(help="where the env files are"
     Example: voxws-ops status
     """
     rows = inst.status(root)
+    if not rows:
+        _fail(f"no groups installed (no {root / 'etc/voxcpm'}/*.env): `voxws-ops install` first", 3)
     if as_json:
         out.print(inst.status_json(rows), markup=False)
     else:
@@ -250,8 +252,6 @@ def status_cmd(root: Annotated[Path, typer.Option(help="where the env files are"
             t.add_row(r["group"], r["gpus"], r["port"], r["state"], r.get("restarts", ""), r["readyz"],
                       r.get("status", ""))
         out.print(t)
-    if not rows:
-        _fail("no groups installed (no /etc/voxcpm/*.env)", 3)
     if not all(r["readyz"].startswith("200") for r in rows):
         raise typer.Exit(3)
 
