@@ -264,24 +264,35 @@ def render_nginx_cmd(listen: Annotated[str, typer.Option(help="PORT or HOST:PORT
                      from_env: Annotated[list[Path] | None, typer.Option(help="env files or directories: "
                                                                              "their VOXWS_HOST:VOXWS_PORT")]
                      = None,
-                     name: Annotated[str, typer.Option(help="nginx upstream name")] = "voxws") -> None:
+                     name: Annotated[str, typer.Option(help="nginx upstream name")] = "voxws",
+                     tls_cert: Annotated[str | None, typer.Option(
+                         help="certificate chain (PEM): serve TLS (wss://) on --listen, e.g. 443")] = None,
+                     tls_key: Annotated[str | None, typer.Option(help="private key (PEM) of --tls-cert")] = None,
+                     server_name: Annotated[str, typer.Option(
+                         help="nginx server_name, e.g. the certificate's host name")] = "_") -> None:
     """One address in front of every group and host: least_conn, WebSocket upgrade, failover on 503.
 
     Example: voxws-ops render-nginx --listen 8080 --upstream 127.0.0.1:8081 --upstream 127.0.0.1:8082
     --upstream 10.0.0.6:8081 --out /etc/nginx/conf.d/voxws.conf
+
+    With TLS (clients use wss://tts.example.com/v1/tts): voxws-ops render-nginx --listen 443
+    --tls-cert /etc/letsencrypt/live/tts.example.com/fullchain.pem
+    --tls-key /etc/letsencrypt/live/tts.example.com/privkey.pem --server-name tts.example.com
+    --from-env /etc/voxcpm --out /etc/nginx/conf.d/voxws.conf
     """
     try:
         given = [u for arg in upstream or [] for u in arg.split(",") if u.strip()]
         ups = [nginx.parse_addr(u, "--upstream") for u in given]
         ups += nginx.upstreams_from_env(from_env or [])
-        text = nginx.render_nginx(nginx.parse_listen(listen), ups, name)
+        text = nginx.render_nginx(nginx.parse_listen(listen), ups, name, server_name, tls_cert, tls_key)
     except nginx.NginxError as e:
         _fail(str(e).splitlines(), 2)
     if str(out_file) == "-":
         sys.stdout.write(text)
         return
     render.atomic_write(out_file, text)
-    out.print(f"wrote {out_file}: {len(ups)} upstream(s) behind :{listen}", markup=False)
+    out.print(f"wrote {out_file}: {len(ups)} upstream(s) behind {'TLS ' if tls_cert else ''}:{listen}",
+              markup=False)
 
 
 if __name__ == "__main__":
