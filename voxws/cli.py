@@ -7,11 +7,15 @@ the same kind of line as `VOXWS_PORT=abc`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import ipaddress
+import json
 import os
 import sys
+import wave
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -135,3 +139,90 @@ def show_config() -> None:
     width = max(len(f.env) for f in config.FIELDS) + 2
     for f in config.FIELDS:
         print(f"{f.env:{width}}default {config.describe_default(f):12} {f.help}; must be {f.rule}")
+
+
+@app.command()
+def say(
+    text: str = typer.Argument(..., help="Text to speak; - reads it from standard input."),
+    out: Path = typer.Option(..., "--out", "-o", metavar="FILE",
+                             help="Audio file to write: FILE.wav (16-bit PCM WAV), any other name raw pcm_s16le."),
+    url: str = typer.Option("ws://127.0.0.1:8081/v1/tts", metavar="URL", help="The server's WebSocket URL."),
+    sample_rate: str = typer.Option(None, metavar="HZ", show_default=False,
+                                    help="Output rate, one of " + ", ".join(map(str, config.SAMPLE_RATES))
+                                         + " [default: the model's native rate]"),
+    token_file: Path = typer.Option(None, metavar="FILE", show_default=False,
+                                    help="File holding the bearer token (when the server has one)."),
+) -> None:
+    """Speak TEXT into an audio file: try a server from a terminal without a client of your own.
+
+    Example: voxws say "你好，世界。" --out hello.wav   (play: ffplay hello.wav)
+    """
+    problems = []
+    if not url.startswith(("ws://", "wss://")):
+        problems.append(f"--url={url}: must start with ws:// or wss://")
+    if sample_rate is not None and (not sample_rate.isdigit() or int(sample_rate) not in config.SAMPLE_RATES):
+        problems.append(f"--sample-rate={sample_rate}: must be one of {', '.join(map(str, config.SAMPLE_RATES))}")
+    token = None
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            problems.append(f"--token-file={token_file}: must be a readable file holding the token ({e.strerror})")
+    text = sys.stdin.read() if text == "-" else text
+    if not text.strip():
+        problems.append("TEXT: must not be empty")
+    if problems:
+        for line in problems:
+            print(f"voxws: {line}", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        pcm, rate, done = asyncio.run(_speak(url, text, int(sample_rate) if sample_rate else None, token))
+    except (OSError, TimeoutError) as e:
+        print(f"voxws: cannot reach {url}: {e} (is `voxws serve` running?)", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except _Refused as e:
+        print(f"voxws: the server refused: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if out.suffix.lower() == ".wav":
+        with wave.open(str(out), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(pcm)
+    else:
+        out.write_bytes(pcm)
+    print(f"wrote {out}: {len(pcm) / 2 / rate:.2f} s of audio at {rate} Hz (first audio after "
+          f"{done.get('ttfb_ms')} ms)")
+
+
+class _Refused(Exception):
+    pass
+
+
+async def _speak(url: str, text: str, rate: int | None, token: str | None) -> tuple[bytes, int, dict[str, Any]]:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    msg: dict[str, Any] = {"type": "speak", "text": text, "format": "pcm_s16le"}
+    if rate:
+        msg["sample_rate"] = rate
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        async with connect(url, additional_headers=headers, compression=None, max_size=None,
+                           open_timeout=10) as ws:
+            ready = json.loads(await ws.recv())
+            native = int(ready.get("sample_rate", 44100))
+            await ws.send(json.dumps(msg))
+            pcm = bytearray()
+            async for frame in ws:
+                if isinstance(frame, bytes):
+                    pcm += frame
+                    continue
+                m = json.loads(frame)
+                if m.get("type") == "done":
+                    return bytes(pcm), rate or native, m
+                if m.get("type") == "error":
+                    raise _Refused(f"{m.get('code')}: {m.get('message')}")
+    except InvalidStatus as e:
+        raise _Refused(f"HTTP {e.response.status_code} at the handshake ({e.response.body!r})") from None
+    raise _Refused("the connection closed before `done`")
