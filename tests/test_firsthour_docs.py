@@ -5,7 +5,12 @@ project that owns the name `voxws`; LICENSE and CHANGELOG match pyproject."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -143,3 +148,29 @@ def test_license_and_changelog() -> None:
     assert version == __version__
     first = re.search(r"^## \[?(\d+\.\d+\.\d+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
     assert first and first.group(1) == version
+
+
+def test_the_documented_wheel_command_builds_voxws_server_with_the_three_commands(tmp_path: Path) -> None:
+    # Built from a copy, as tests/ops_fixtures/nspawn.py does: a build in the tree leaves build/ behind.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "voxws", src / "voxws", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src)
+    cmd = re.search(r"^python3 -m pip wheel --no-deps -w dist \.", (ROOT / "README.md").read_text(), re.M)
+    assert cmd
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", "dist", "."], cwd=src,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    version = project("version")
+    wheel = src / "dist" / f"voxws_server-{version}-py3-none-any.whl"
+    assert [p.name for p in (src / "dist").iterdir()] == [wheel.name]
+    with zipfile.ZipFile(wheel) as z:
+        info = f"voxws_server-{version}.dist-info"
+        meta = z.read(f"{info}/METADATA").decode()
+        entry = z.read(f"{info}/entry_points.txt").decode()
+        names = z.namelist()
+    assert "\nName: voxws-server\n" in meta and "Provides-Extra: gpu" in meta and "Provides-Extra: bench" in meta
+    for script in ("voxws = voxws.cli:app", "voxws-ops = voxws.ops.cli:app", "voxws-bench = voxws.bench.cli:app"):
+        assert script in entry
+    assert "voxws/web/index.html" in names or any(n.startswith("voxws/web/") for n in names)
+    assert "voxws/ops/templates/voxcpm@.service" in names and f"{info}/licenses/LICENSE" in names
