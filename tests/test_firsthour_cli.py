@@ -158,6 +158,9 @@ def test_help_shows_defaults_and_keeps_bracketed_text(exe: str, command: str) ->
     assert "╭" not in out
     if command in ("plan", "render", "install"):
         assert "[default: 8081]" in out and "[default: the voxws next to this voxws-ops" in out
+        for env in ("CUDA_VISIBLE_DEVICES", "VOXWS_PORT", "VOXCPM_MODEL_PATH", "VOXCPM_GPU_MEMORY_UTILIZATION",
+                    "VOXCPM_MAX_NUM_SEQS", "VOXCPM_MAX_MODEL_LEN", "VOXWS_ENGINE", "VOXWS_HOST"):
+            assert env in out, env  # the variable each option writes into the env files
     if exe == "voxws-bench":
         assert "[default: ws://127.0.0.1:8081/v1/tts]" in out and "[env var: VOXWS_BENCH_TOKEN]" in out
 

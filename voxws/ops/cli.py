@@ -21,10 +21,13 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, rich
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-Gpus = Annotated[str, typer.Option("--gpus", help="physical GPU indices (nvidia-smi), e.g. 3,4,5,6")]
-GroupSize = Annotated[int, typer.Option(help="GPUs per group (one voxws serve process each)")]
-BasePort = Annotated[int, typer.Option(help="port of the first group; the next groups count up")]
-ModelPath = Annotated[str | None, typer.Option(help="VoxCPM 1.5 model directory (required for nanovllm)")]
+Gpus = Annotated[str, typer.Option("--gpus", help="physical GPU indices (nvidia-smi), e.g. 3,4,5,6: "
+                                                     "each group's CUDA_VISIBLE_DEVICES")]
+GroupSize = Annotated[int, typer.Option(help="GPUs per group (one voxws serve process each; VOXCPM_DEVICES "
+                                                 "0..n-1)")]
+BasePort = Annotated[int, typer.Option(help="VOXWS_PORT of the first group; the next groups count up")]
+ModelPath = Annotated[str | None, typer.Option(help="VOXCPM_MODEL_PATH: VoxCPM 1.5 model directory (required "
+                                                       "for nanovllm)")]
 Util = Annotated[float, typer.Option(help="VOXCPM_GPU_MEMORY_UTILIZATION, 0.4 to 0.95")]
 Seqs = Annotated[int, typer.Option(help="VOXCPM_MAX_NUM_SEQS: sequences per engine step per GPU")]
 TextChars = Annotated[int, typer.Option(help="longest text (characters) one request must fit: sizes "
@@ -33,7 +36,7 @@ Exec = Annotated[str | None, typer.Option(
     "--exec", help="the voxws binary the unit runs [default: the voxws next to this voxws-ops, else "
                    "/opt/voxws/bin/voxws]")]
 User = Annotated[str, typer.Option(help="system user the service runs as")]
-Engine = Annotated[str, typer.Option(help="nanovllm (GPU) or synthetic (CPU stand-in, for tests)")]
+Engine = Annotated[str, typer.Option(help="VOXWS_ENGINE: nanovllm (GPU) or synthetic (CPU stand-in, for tests)")]
 Host = Annotated[str, typer.Option(help="VOXWS_HOST: listen address of every group")]
 
 
