@@ -191,8 +191,9 @@ def recommend_cmd(gpu_memory_gb: Annotated[float, typer.Option(help="memory of o
 
 
 @app.command("install")
-def install_cmd(gpus: Annotated[str | None, typer.Option("--gpus", help="physical GPU indices, e.g. 3,4,5,6 "
-                                                                       "(or --from)")] = None,
+def install_cmd(gpus: Annotated[str | None, typer.Option("--gpus", help="physical GPU indices, e.g. 3,4,5,6: "
+                                                                       "each group's CUDA_VISIBLE_DEVICES (or "
+                                                                       "--from)")] = None,
                 from_dir: Annotated[Path | None, typer.Option(
                     "--from", help="a `render --out` directory")] = None,
                 root: Annotated[Path, typer.Option(help="install into this directory (staging; no running "
