@@ -278,8 +278,9 @@ def check_cross(s: Settings, source: str = "", failed: frozenset[str] = frozense
     out: list[str] = []
     if "VOXWS_ENGINE" not in failed and "VOXCPM_MODEL_PATH" not in failed \
             and s.engine == "nanovllm" and not s.model_path:
-        out.append(problem(source, "VOXCPM_MODEL_PATH", "", "set to a model directory when VOXWS_ENGINE=nanovllm "
-                                                           "(flag: --model-path)"))
+        flag = "" if source else " (or `voxws serve --model-path DIR`)"  # an env file has no flags
+        out.append(problem(source, "VOXCPM_MODEL_PATH", "",
+                           f"set to a model directory when VOXWS_ENGINE=nanovllm{flag}"))
     if s.auth_token_file:
         try:
             if not s.auth_token():
