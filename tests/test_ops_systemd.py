@@ -39,7 +39,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nspawn.Container]:
     c = nspawn.Container(nspawn.debian_tree(), work, binds={str(wheel_dir): "/wheels"})
     try:
         c.run("python3 -m venv /opt/voxws && "
-              "/opt/voxws/bin/pip install -q --no-index --find-links /wheels voxws", timeout=300)
+              "/opt/voxws/bin/pip install -q --no-index --find-links /wheels voxws-server", timeout=300)
         yield c
     finally:
         c.stop()

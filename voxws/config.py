@@ -8,6 +8,8 @@ refusal names the variable, the value and the rule.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import ipaddress
 import math
 import os
 import re
@@ -20,6 +22,11 @@ SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "wav", "mp3", "opus")  # WebSocket; codecs.HTTP_FORMATS adds aac, flac
 ENGINES = ("nanovllm", "synthetic")
 GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, 253 characters at most.
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# VOXWS_* variables that are read elsewhere and are not server settings (tools, tests).
+OTHER_ENV = frozenset({"VOXWS_BENCH_TOKEN", "VOXWS_TEST_HANG_ON_SIGNAL", "VOXWS_CHROMIUM", "VOXWS_PROBE_FILE",
+                       "VOXWS_PROBE_TRACEMALLOC"})
 
 
 class ConfigError(ValueError):
@@ -79,11 +86,22 @@ def _unique(v: tuple[int, ...]) -> bool:
     return len(set(v)) == len(v)
 
 
+def valid_host(v: str) -> bool:
+    """An IP address (v4 or v6) or an RFC 1123 host name: what the server can bind to."""
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        pass
+    name = v[:-1] if v.endswith(".") else v
+    return 0 < len(name) <= 253 and all(HOST_LABEL_RE.match(label) for label in name.split("."))
+
+
 FIELDS: tuple[Field, ...] = (
     Field("group", "VOXWS_GROUP", _str, "group0", "1-64 characters of [A-Za-z0-9_.-]",
           lambda v: bool(GROUP_RE.match(v)), "group name (the %i of voxcpm@%i)"),
-    Field("host", "VOXWS_HOST", _str, "127.0.0.1", "a host name or IP address", lambda v: bool(v),
-          "listen address"),
+    Field("host", "VOXWS_HOST", _str, "127.0.0.1",
+          "a host name or IP address, e.g. 127.0.0.1, 0.0.0.0, ::1 or localhost", valid_host, "listen address"),
     Field("port", "VOXWS_PORT", _int, 8081, "an integer from 1 to 65535", lambda v: 1 <= v <= 65535,
           "listen port"),
     Field("engine", "VOXWS_ENGINE", _str, "nanovllm", "one of: " + ", ".join(ENGINES),
@@ -214,15 +232,34 @@ def problem(source: str, env: str, value: object, rule: str) -> str:
     return f"{where}{env}={value!s}: must be {rule}"
 
 
-def parse_value(field: Field, raw: str, source: str = "") -> tuple[Any, str | None]:
-    """Parse and check one raw value; return (value, problem-or-None)."""
+def flag_name(field: Field) -> str:
+    """The `voxws serve` flag of a setting (--model-path for model_path)."""
+    return "--" + field.name.replace("_", "-")
+
+
+def describe_default(field: Field) -> str:
+    """A default as a user writes it: 0,1 for a tuple, `unset` for None or nothing."""
+    d = field.default
+    if d is None or d == ():
+        return "unset"
+    if isinstance(d, tuple):
+        return ",".join(map(str, d))
+    return f"{d:g}" if isinstance(d, float) else str(d)
+
+
+def parse_value(field: Field, raw: str, source: str = "", name: str | None = None) -> tuple[Any, str | None]:
+    """Parse and check one raw value; return (value, problem-or-None). name: the flag it came from."""
     try:
         value = field.parse(raw)
+        ok = field.check(value)
     except (ValueError, TypeError):
-        return None, problem(source, field.env, raw, field.rule)
-    if not field.check(value):
-        return None, problem(source, field.env, raw, field.rule)
-    return value, None
+        ok = False
+    if ok:
+        return value, None
+    rule = field.rule
+    if "#" in raw:  # systemd keeps everything after `=` as the value: no trailing comments
+        rule += " (an env file has no trailing comments: put `# ...` on a line of its own)"
+    return None, problem(source, name or field.env, raw, rule)
 
 
 def missing_model_files(path: str) -> list[str]:
@@ -238,11 +275,26 @@ def missing_model_files(path: str) -> list[str]:
     ) if not ok]
 
 
-def check_cross(s: Settings, source: str = "") -> list[str]:
-    """Rules that involve more than one setting, or the outside world."""
+def model_dir_problem(path: str, source: str = "", name: str = "VOXCPM_MODEL_PATH") -> str | None:
+    """A missing or incomplete model directory, as one line (None when it is complete)."""
+    if not Path(path).is_dir():
+        return problem(source, name, path, "an existing VoxCPM 1.5 model directory (download it, e.g. "
+                                           "huggingface-cli download openbmb/VoxCPM1.5 --local-dir DIR)")
+    missing = missing_model_files(path)
+    if missing:
+        return problem(source, name, path, "a VoxCPM 1.5 model directory; missing: " + ", ".join(missing))
+    return None
+
+
+def check_cross(s: Settings, source: str = "", failed: frozenset[str] = frozenset()) -> list[str]:
+    """Rules that involve more than one setting, or the outside world. failed: variables whose own
+    value was refused (their rules are not applied to the default standing in for them)."""
     out: list[str] = []
-    if s.engine == "nanovllm" and not s.model_path:
-        out.append(problem(source, "VOXCPM_MODEL_PATH", "", "set to a model directory when VOXWS_ENGINE=nanovllm"))
+    if "VOXWS_ENGINE" not in failed and "VOXCPM_MODEL_PATH" not in failed \
+            and s.engine == "nanovllm" and not s.model_path:
+        flag = "" if source else " (or `voxws serve --model-path DIR`)"  # an env file has no flags
+        out.append(problem(source, "VOXCPM_MODEL_PATH", "",
+                           f"set to a model directory when VOXWS_ENGINE=nanovllm{flag}"))
     if s.auth_token_file:
         try:
             if not s.auth_token():
@@ -254,30 +306,62 @@ def check_cross(s: Settings, source: str = "") -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """Settings with every value that passed its rule (defaults elsewhere), and the refusals."""
+    settings: Settings
+    problems: list[str]
+    failed: frozenset[str]  # environment variable names whose value was refused
+
+
+def parse_env(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
+              source: str = "") -> Parsed:
+    """Every problem at once, without raising: `voxws-ops validate` goes on checking what did parse.
+
+    overrides: CLI flag values keyed by environment variable name; a refused one is named by its flag.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    failed: set[str] = set()
+    for f in FIELDS:
+        name = None
+        if overrides and overrides.get(f.env) is not None:
+            raw, name = str(overrides[f.env]), flag_name(f)
+        elif f.env in env:
+            raw = env[f.env]
+        else:
+            continue
+        value, err = parse_value(f, raw, source, name)
+        if err:
+            problems.append(err)
+            failed.add(f.env)
+        else:
+            values[f.name] = value
+    settings = Settings(**values)
+    frozen = frozenset(failed)
+    problems += check_cross(settings, source, frozen)
+    return Parsed(settings, problems, frozen)
+
+
 def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
          source: str = "") -> Settings:
     """Build Settings from env (default os.environ) plus CLI overrides keyed by env name.
 
     Raises ConfigError listing every problem at once, so a bad unit file is fixed in one go.
     """
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for f in FIELDS:
-        raw: Any = None
-        if overrides and overrides.get(f.env) is not None:
-            raw = str(overrides[f.env])
-        elif f.env in env:
-            raw = env[f.env]
-        if raw is None:
-            continue
-        value, err = parse_value(f, raw, source)
-        if err:
-            problems.append(err)
-        else:
-            values[f.name] = value
-    settings = Settings(**values)
-    problems += check_cross(settings, source)
-    if problems:
-        raise ConfigError(problems)
-    return settings
+    parsed = parse_env(env, overrides, source)
+    if parsed.problems:
+        raise ConfigError(parsed.problems)
+    return parsed.settings
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """Warnings for VOXWS_*/VOXCPM_* variables that are no setting (a typo the server would ignore)."""
+    out = []
+    for key in sorted(env):
+        if key.startswith(("VOXWS_", "VOXCPM_")) and key not in FIELD_BY_ENV and key not in OTHER_ENV:
+            near = difflib.get_close_matches(key, list(FIELD_BY_ENV), n=1, cutoff=0.75)
+            hint = f"did you mean {near[0]}?" if near else "a typo?"
+            out.append(f"{key} is not a voxws setting ({hint}); it is ignored (`voxws config` lists them all)")
+    return out

@@ -20,11 +20,13 @@ from rich.table import Table
 from voxws.bench import report, scenarios
 from voxws.bench.client import Target
 from voxws.bench.scenarios import Bench, Limits
+from voxws.cli import version_option
 
 FORMATS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw")
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# rich_markup_mode=None: plain help, like voxws and voxws-ops (rich markup would eat "[...]" in help text).
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 err = Console(stderr=True)
 out = Console()
 
@@ -43,10 +45,15 @@ Timeout = Annotated[float, typer.Option(help="per-request limit in seconds, spea
 Buffer = Annotated[float, typer.Option(help="playback starts this long after the first frame")]
 Procs = Annotated[int, typer.Option(help="client processes (use >1 when one client process is CPU-bound)")]
 NoFrames = Annotated[bool, typer.Option("--no-frames", help="leave per-frame arrival times out of the JSON")]
-NoPlots = Annotated[bool, typer.Option("--no-plots", help="do not draw PNG plots")]
+NoPlots = Annotated[bool, typer.Option("--no-plots", help="do not draw PNG plots (they need matplotlib: bench extra)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 DEFAULT_URL = "ws://127.0.0.1:8081/v1/tts"
+
+
+@app.callback()
+def main_(version: bool = version_option("voxws-bench")) -> None:
+    """voxws-bench: the load-test report's scenarios against any voxws URL."""
 
 
 def _fail(msg: str) -> None:
@@ -122,7 +129,9 @@ def _run(b: Bench, body: Callable[[Bench], None], out_dir: Path, quiet: bool, no
     doc = report.document(b)
     _print_summary(doc)
     paths = report.write(doc, out_dir, plots=not no_plots)
-    err.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    err.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False)
+    if not no_plots and not report.can_plot():
+        err.print(report.PLOTS_NEED, markup=False, soft_wrap=True)
     if b.interrupted:
         err.print("[yellow]interrupted: the results above cover what was measured before ctrl-C[/yellow]")
         raise typer.Exit(130)

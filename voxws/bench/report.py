@@ -220,6 +220,19 @@ def markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+# matplotlib is optional (the `bench` extra): without it a run still writes its JSON and markdown.
+PLOTS_NEED = ("plots skipped: they need matplotlib, which is not installed (pip install matplotlib, or the bench "
+              "extra: pip install '.[bench]' in a checkout); --no-plots hides this line")
+
+
+def can_plot() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(doc: dict[str, Any], out_dir: Path) -> list[str]:
     """TTFB and throughput against the level; returns the PNG file names written."""
     import matplotlib
@@ -301,7 +314,7 @@ def write(doc: dict[str, Any], out_dir: Path, plots: bool = True) -> dict[str, P
     scen = doc["scenario"]
     paths = {"json": out_dir / f"{scen}.json", "markdown": out_dir / f"{scen}.md"}
     paths["json"].write_text(to_json(doc), encoding="utf-8")
-    names = plot(doc, out_dir) if plots else []
+    names = plot(doc, out_dir) if plots and can_plot() else []
     for n in names:
         paths[n] = out_dir / n
     paths["markdown"].write_text(markdown(doc, names) + "\n", encoding="utf-8")

@@ -125,7 +125,8 @@ def _import_runtime(devices: tuple[int, ...]) -> tuple[PoolFactory, Callable[[st
     try:
         import torch
     except ImportError:
-        raise EngineStartError("torch is not installed: pip install 'voxws[gpu]' on a CUDA host") from None
+        raise EngineStartError("torch is not installed: pip install '.[gpu]' (voxws-server, see README) "
+                               "on a CUDA host") from None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
     if not torch.cuda.is_available():
@@ -148,7 +149,7 @@ def _import_runtime(devices: tuple[int, ...]) -> tuple[PoolFactory, Callable[[st
         from transformers import LlamaTokenizerFast
     except ImportError as e:
         raise EngineStartError(f"nano-vllm-voxcpm is not importable ({e}): "
-                               "pip install 'voxws[gpu]'") from None
+                               "pip install '.[gpu]' (voxws-server, see README)") from None
 
     def load_counter(path: str) -> TokenCounter:
         base = LlamaTokenizerFast.from_pretrained(path)

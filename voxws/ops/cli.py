@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from voxws import sizing
+from voxws.cli import version_option
 from voxws.ops import install as inst
 from voxws.ops import nginx, plan, render, validate
 from voxws.ops import voices as voices_ops
@@ -22,10 +23,13 @@ app.add_typer(voices_ops.app, name="voices")
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-Gpus = Annotated[str, typer.Option("--gpus", help="physical GPU indices (nvidia-smi), e.g. 3,4,5,6")]
-GroupSize = Annotated[int, typer.Option(help="GPUs per group (one voxws serve process each)")]
-BasePort = Annotated[int, typer.Option(help="port of the first group; the next groups count up")]
-ModelPath = Annotated[str | None, typer.Option(help="VoxCPM 1.5 model directory (required for nanovllm)")]
+Gpus = Annotated[str, typer.Option("--gpus", help="physical GPU indices (nvidia-smi), e.g. 3,4,5,6: "
+                                                     "each group's CUDA_VISIBLE_DEVICES")]
+GroupSize = Annotated[int, typer.Option(help="GPUs per group (one voxws serve process each; VOXCPM_DEVICES "
+                                                 "0..n-1)")]
+BasePort = Annotated[int, typer.Option(help="VOXWS_PORT of the first group; the next groups count up")]
+ModelPath = Annotated[str | None, typer.Option(help="VOXCPM_MODEL_PATH: VoxCPM 1.5 model directory (required "
+                                                       "for nanovllm)")]
 Util = Annotated[float, typer.Option(help="VOXCPM_GPU_MEMORY_UTILIZATION, 0.4 to 0.95")]
 Seqs = Annotated[int, typer.Option(help="VOXCPM_MAX_NUM_SEQS: sequences per engine step per GPU")]
 TextChars = Annotated[int, typer.Option(help="longest text (characters) one request must fit: sizes "
@@ -34,8 +38,13 @@ Exec = Annotated[str | None, typer.Option(
     "--exec", help="the voxws binary the unit runs [default: the voxws next to this voxws-ops, else "
                    "/opt/voxws/bin/voxws]")]
 User = Annotated[str, typer.Option(help="system user the service runs as")]
-Engine = Annotated[str, typer.Option(help="nanovllm (GPU) or synthetic (CPU stand-in, for tests)")]
+Engine = Annotated[str, typer.Option(help="VOXWS_ENGINE: nanovllm (GPU) or synthetic (CPU stand-in, for tests)")]
 Host = Annotated[str, typer.Option(help="VOXWS_HOST: listen address of every group")]
+
+
+@app.callback()
+def main(version: bool = version_option("voxws-ops")) -> None:
+    """voxws-ops: plan, render, validate, install and watch one systemd service per GPU group."""
 
 
 def _fail(lines: str | list[str], code: int = 1) -> None:
@@ -186,8 +195,9 @@ def recommend_cmd(gpu_memory_gb: Annotated[float, typer.Option(help="memory of o
 
 
 @app.command("install")
-def install_cmd(gpus: Annotated[str | None, typer.Option("--gpus", help="physical GPU indices, e.g. 3,4,5,6 "
-                                                                       "(or --from)")] = None,
+def install_cmd(gpus: Annotated[str | None, typer.Option("--gpus", help="physical GPU indices, e.g. 3,4,5,6: "
+                                                                       "each group's CUDA_VISIBLE_DEVICES (or "
+                                                                       "--from)")] = None,
                 from_dir: Annotated[Path | None, typer.Option(
                     "--from", help="a `render --out` directory")] = None,
                 root: Annotated[Path, typer.Option(help="install into this directory (staging; no running "
@@ -240,6 +250,8 @@ def status_cmd(root: Annotated[Path, typer.Option(help="where the env files are"
     Example: voxws-ops status
     """
     rows = inst.status(root)
+    if not rows:
+        _fail(f"no groups installed (no {root / 'etc/voxcpm'}/*.env): `voxws-ops install` first", 3)
     if as_json:
         out.print(inst.status_json(rows), markup=False)
     else:
@@ -248,8 +260,6 @@ def status_cmd(root: Annotated[Path, typer.Option(help="where the env files are"
             t.add_row(r["group"], r["gpus"], r["port"], r["state"], r.get("restarts", ""), r["readyz"],
                       r.get("status", ""))
         out.print(t)
-    if not rows:
-        _fail("no groups installed (no /etc/voxcpm/*.env)", 3)
     if not all(r["readyz"].startswith("200") for r in rows):
         raise typer.Exit(3)
 
@@ -262,24 +272,35 @@ def render_nginx_cmd(listen: Annotated[str, typer.Option(help="PORT or HOST:PORT
                      from_env: Annotated[list[Path] | None, typer.Option(help="env files or directories: "
                                                                              "their VOXWS_HOST:VOXWS_PORT")]
                      = None,
-                     name: Annotated[str, typer.Option(help="nginx upstream name")] = "voxws") -> None:
+                     name: Annotated[str, typer.Option(help="nginx upstream name")] = "voxws",
+                     tls_cert: Annotated[str | None, typer.Option(
+                         help="certificate chain (PEM): serve TLS (wss://) on --listen, e.g. 443")] = None,
+                     tls_key: Annotated[str | None, typer.Option(help="private key (PEM) of --tls-cert")] = None,
+                     server_name: Annotated[str, typer.Option(
+                         help="nginx server_name, e.g. the certificate's host name")] = "_") -> None:
     """One address in front of every group and host: least_conn, WebSocket upgrade, failover on 503.
 
     Example: voxws-ops render-nginx --listen 8080 --upstream 127.0.0.1:8081 --upstream 127.0.0.1:8082
     --upstream 10.0.0.6:8081 --out /etc/nginx/conf.d/voxws.conf
+
+    With TLS (clients use wss://tts.example.com/v1/tts): voxws-ops render-nginx --listen 443
+    --tls-cert /etc/letsencrypt/live/tts.example.com/fullchain.pem
+    --tls-key /etc/letsencrypt/live/tts.example.com/privkey.pem --server-name tts.example.com
+    --from-env /etc/voxcpm --out /etc/nginx/conf.d/voxws.conf
     """
     try:
         given = [u for arg in upstream or [] for u in arg.split(",") if u.strip()]
         ups = [nginx.parse_addr(u, "--upstream") for u in given]
         ups += nginx.upstreams_from_env(from_env or [])
-        text = nginx.render_nginx(nginx.parse_listen(listen), ups, name)
+        text = nginx.render_nginx(nginx.parse_listen(listen), ups, name, server_name, tls_cert, tls_key)
     except nginx.NginxError as e:
         _fail(str(e).splitlines(), 2)
     if str(out_file) == "-":
         sys.stdout.write(text)
         return
     render.atomic_write(out_file, text)
-    out.print(f"wrote {out_file}: {len(ups)} upstream(s) behind :{listen}", markup=False)
+    out.print(f"wrote {out_file}: {len(ups)} upstream(s) behind {'TLS ' if tls_cert else ''}:{listen}",
+              markup=False)
 
 
 if __name__ == "__main__":

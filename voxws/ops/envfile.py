@@ -18,6 +18,14 @@ class EnvFileError(ValueError):
 
 def parse(text: str, source: str = "") -> dict[str, str]:
     """Parse env-file text into {key: value}; the last assignment of a key wins, as in systemd."""
+    out, problems = parse_lenient(text, source)
+    if problems:
+        raise EnvFileError("\n".join(problems))
+    return out
+
+
+def parse_lenient(text: str, source: str = "") -> tuple[dict[str, str], list[str]]:
+    """The good lines and one problem per bad line, so that a checker can go on with the rest."""
     out: dict[str, str] = {}
     problems: list[str] = []
     lines = text.splitlines()
@@ -39,13 +47,15 @@ def parse(text: str, source: str = "") -> dict[str, str]:
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         out[key] = value
-    if problems:
-        raise EnvFileError("\n".join(problems))
-    return out
+    return out, problems
 
 
 def read(path: Path) -> dict[str, str]:
     return parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def read_lenient(path: Path) -> tuple[dict[str, str], list[str]]:
+    return parse_lenient(path.read_text(encoding="utf-8"), str(path))
 
 
 def render(header: list[str], entries: list[tuple[str, str, str]]) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voxws.ops import envfile
+from voxws.ops.plan import unit_path_problem
 from voxws.ops.render import TARGET, UNIT, atomic_write
 from voxws.ops.validate import validate
 
@@ -120,9 +121,8 @@ def ensure_user(layout: Layout, user: str, say: Say) -> None:
         say(f"user {user}: exists")
         return
     conf = layout.sysusers(user)
-    atomic_write(conf, f"{SYSUSERS_MARK} (systemd-sysusers creates it at boot or on install)\n"
-                       f'u {user} - "voxws text-to-speech" /var/lib/voxcpm /usr/sbin/nologin\n')
-    say(f"wrote {conf}")
+    _put(conf, f"{SYSUSERS_MARK} (systemd-sysusers creates it at boot or on install)\n"
+               f'u {user} - "voxws text-to-speech" /var/lib/voxcpm /usr/sbin/nologin\n', 0o644, -1, say)
     if not (layout.root / "etc/passwd").is_file():
         say(f"user {user}: {layout.root} has no etc/passwd; systemd-sysusers creates the user at first boot")
     elif shutil.which("systemd-sysusers"):
@@ -157,12 +157,16 @@ def install(files: dict[str, str], root: Path = Path("/"), force: bool = False, 
         rep = validate([Path(tmp)], max_text_chars=None, check_model=layout.live)
     for w in rep.warnings:
         say("warning: " + w.replace(tmp, str(layout.env_dir)))
-    if rep.errors:
-        raise InstallError("\n".join(e.replace(tmp, str(layout.env_dir)) for e in rep.errors))
+    errors = [e.replace(tmp, str(layout.env_dir)) for e in rep.errors]
+    if where := unit_path_problem("ExecStart", exec_path):
+        errors.append(where)
+    if errors:
+        raise InstallError("\n".join(errors))
     exe = layout.at(exec_path)
     exe_missing = not (exe.is_file() and os.access(exe, os.X_OK))
     if exe_missing:
-        msg = f"ExecStart={exec_path}: must be an executable voxws (pip install voxws into a venv; --exec)"
+        msg = (f"ExecStart={exec_path}: must be an executable voxws (install voxws-server into a venv as the "
+               "README says; or --exec)")
         if layout.live:
             raise InstallError(msg)
         say(f"warning: {msg}; not found under {layout.root} (yet)")

@@ -43,7 +43,34 @@ def upstreams_from_env(paths: list[Path]) -> list[str]:
     return out
 
 
-def render_nginx(listen: str, upstreams: list[str], name: str = "voxws", server_name: str = "_") -> str:
+def check_tls(cert: str | None, key: str | None) -> list[str]:
+    """Both or neither; absolute paths nginx can read as written (it resolves relative ones to its prefix)."""
+    if (cert is None) != (key is None):
+        return ["--tls-cert and --tls-key: give both (the certificate chain and its private key) or neither"]
+    out = []
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is not None and (not path.startswith("/") or re.search(r"[\s;{}'\"]", path)):
+            out.append(f"{option}={path}: must be an absolute path without spaces, quotes, ';' or braces")
+    return out
+
+
+def tls_lines(cert: str, key: str, name: str) -> str:
+    return f"""
+    # TLS: clients connect with wss:// (and https:// for /readyz, /metrics and the demo page).
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:{name}_tls:10m;
+    ssl_session_timeout 1h;
+"""
+
+
+def render_nginx(listen: str, upstreams: list[str], name: str = "voxws", server_name: str = "_",
+                 tls_cert: str | None = None, tls_key: str | None = None) -> str:
+    if problems := check_tls(tls_cert, tls_key):
+        raise NginxError("\n".join(problems))
+    if not re.match(r"^[A-Za-z0-9_.*-]+$", server_name):
+        raise NginxError(f"--server-name={server_name}: must be a host name such as tts.example.com (or _)")
     if not upstreams:
         raise NginxError("--upstream: must name at least one group as HOST:PORT (or give --from-env)")
     if len(set(upstreams)) != len(upstreams):
@@ -69,9 +96,9 @@ upstream {name} {{
 }}
 
 server {{
-    listen {listen};
+    listen {listen}{" ssl" if tls_cert else ""};
     server_name {server_name};
-
+{tls_lines(tls_cert, tls_key, name) if tls_cert and tls_key else ""}
     location / {{
         proxy_pass http://{name};
         proxy_http_version 1.1;

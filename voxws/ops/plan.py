@@ -17,6 +17,8 @@ DEFAULT_EXEC = "/opt/voxws/bin/voxws"
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # ProtectHome=yes in the unit makes these invisible to the service.
 HIDDEN_PREFIXES = ("/home", "/root", "/run/user")
+# PrivateTmp=yes gives the service its own empty /tmp and /var/tmp.
+PRIVATE_TMP_PREFIXES = ("/tmp", "/var/tmp")
 UNPRIVILEGED_PORT_START = 1024  # the unit has no CAP_NET_BIND_SERVICE
 
 
@@ -58,14 +60,35 @@ def parse_gpus(raw: str, option: str = "--gpus") -> tuple[int, ...]:
     return gpus
 
 
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    path = "/" + path.strip("/")
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
 def hidden_path(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in HIDDEN_PREFIXES)
+    return _under(path, HIDDEN_PREFIXES)
+
+
+def private_tmp_path(path: str) -> bool:
+    return _under(path, PRIVATE_TMP_PREFIXES)
+
+
+def unit_path_problem(option: str, path: str) -> str | None:
+    """A path the unit cannot see: ProtectHome=yes hides /home, /root, /run/user; PrivateTmp=yes /tmp."""
+    if hidden_path(path):
+        return (f"{option}={path}: must be outside /home, /root and /run/user, which the unit's "
+                "ProtectHome=yes hides (install voxws into a venv such as /opt/voxws)")
+    if private_tmp_path(path):
+        return (f"{option}={path}: must be outside /tmp and /var/tmp: the unit's PrivateTmp=yes gives the "
+                "service an empty /tmp of its own, so it could never start (install voxws into a venv such "
+                "as /opt/voxws)")
+    return None
 
 
 def default_exec() -> str:
     """The voxws next to this voxws-ops (same venv), unless ProtectHome would hide it."""
     here = Path(sys.prefix) / "bin" / "voxws"
-    return str(here) if here.exists() and not hidden_path(str(here)) else DEFAULT_EXEC
+    return str(here) if here.exists() and not unit_path_problem("--exec", str(here)) else DEFAULT_EXEC
 
 
 def max_model_len(opts: Options) -> int:
@@ -91,14 +114,16 @@ def check(opts: Options) -> list[Group]:
         p.append(f"--prefix={opts.prefix}: must make group names of [A-Za-z0-9_.-]")
     if not opts.exec_path.startswith("/") or any(c.isspace() for c in opts.exec_path):
         p.append(f"--exec={opts.exec_path}: must be an absolute path without spaces")
-    elif hidden_path(opts.exec_path):
-        p.append(f"--exec={opts.exec_path}: must be outside /home, /root and /run/user, which the unit's "
-                 "ProtectHome=yes hides (install voxws into a venv such as /opt/voxws)")
+    elif problem := unit_path_problem("--exec", opts.exec_path):
+        p.append(problem)
     if opts.engine == "nanovllm" and not opts.model_path:
         p.append("--model-path: must be given for the nanovllm engine (a VoxCPM 1.5 model directory)")
     if opts.model_path and (not opts.model_path.startswith("/") or hidden_path(opts.model_path)):
         p.append(f"--model-path={opts.model_path}: must be an absolute path outside /home, /root and "
                  "/run/user (ProtectHome=yes hides those from the service)")
+    elif opts.model_path and private_tmp_path(opts.model_path):
+        p.append(f"--model-path={opts.model_path}: must be outside /tmp and /var/tmp (the unit's PrivateTmp=yes "
+                 "gives the service an empty /tmp of its own)")
     if not 1 <= opts.max_text_chars <= 100_000:
         p.append(f"--max-text-chars={opts.max_text_chars}: must be an integer from 1 to 100000")
     if p:

@@ -23,7 +23,6 @@ from voxws.ops.render import STOP_MARGIN_S, TIMEOUT_STOP_S
 # activations and allocator growth, ~PER_SEQ_OVERHEAD_GB per running sequence (sizing.py). On an H100
 # 80 GB, util 0.9 with 128 sequences came within 0.6 GB of out-of-memory: keep this much more free.
 SAFE_HEADROOM_GB = 2.0
-KNOWN_EXTRA = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}
 
 
 @dataclass
@@ -55,17 +54,10 @@ def env_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def model_dir_problem(source: str, path: str) -> str | None:
-    d = Path(path)
     if hidden_path(path):
         return config.problem(source, "VOXCPM_MODEL_PATH", path,
                               "outside /home, /root and /run/user, which the unit's ProtectHome=yes hides")
-    if not d.is_dir():
-        return config.problem(source, "VOXCPM_MODEL_PATH", path, "an existing model directory")
-    missing = config.missing_model_files(path)
-    if missing:
-        return config.problem(source, "VOXCPM_MODEL_PATH", path,
-                              "a VoxCPM 1.5 model directory; missing: " + ", ".join(missing))
-    return None
+    return config.model_dir_problem(path, source)
 
 
 def memory_warnings(source: str, util: float, seqs: int, max_len: int, card_gb: float) -> list[str]:
@@ -91,45 +83,46 @@ def memory_warnings(source: str, util: float, seqs: int, max_len: int, card_gb: 
 
 
 def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | None, check_model: bool,
-               rep: Report, check_voices: bool = True) -> tuple[config.Settings, list[str], str] | None:
-    """Errors and warnings of one file into rep; (settings, physical GPUs, group) when it loads."""
+               rep: Report, check_voices: bool = True) -> tuple[config.Settings, list[str], str, frozenset[str]] | None:
+    """Every error and warning of one file into rep, a bad line or value never hiding the others.
+
+    Returns (settings, physical GPUs, group, refused variables) for the cross-file checks, unless the
+    file cannot be read at all.
+    """
     src = str(path)
     try:
-        env = envfile.read(path)
+        env, line_problems = envfile.read_lenient(path)
     except (OSError, UnicodeDecodeError) as e:
         rep.errors.append(f"{src}: must be a readable UTF-8 env file ({e})")
         return None
-    except envfile.EnvFileError as e:
-        rep.errors += str(e).splitlines()
-        return None
-    for key in env:
-        if key.startswith(("VOXWS_", "VOXCPM_")) and key not in config.FIELD_BY_ENV:
-            rep.warnings.append(f"{src}: {key} is not a voxws setting (a typo?); the server ignores it")
-    try:
-        s = config.load(env, source=src)
-    except config.ConfigError as e:
-        rep.errors += e.problems
-        return None
+    rep.errors += line_problems
+    rep.warnings += [f"{src}: {w}" for w in config.unknown_env(env)]
+    parsed = config.parse_env(env, source=src)
+    rep.errors += parsed.problems
+    s, failed = parsed.settings, parsed.failed
     err = rep.errors.append
     stem = path.stem
-    if "VOXWS_GROUP" in env and s.group != stem:
+    if "VOXWS_GROUP" in env and "VOXWS_GROUP" not in failed and s.group != stem:
         err(config.problem(src, "VOXWS_GROUP", s.group, f"the file's name ({stem}), since voxcpm@{stem} "
                            f"reads /etc/voxcpm/{stem}.env"))
-    if s.port < UNPRIVILEGED_PORT_START:
+    if "VOXWS_PORT" not in failed and s.port < UNPRIVILEGED_PORT_START:
         err(config.problem(src, "VOXWS_PORT", s.port,
                            "1024 or above: the unit runs without CAP_NET_BIND_SERVICE"))
-    if s.drain_timeout_s > TIMEOUT_STOP_S - STOP_MARGIN_S:
+    if "VOXWS_DRAIN_TIMEOUT_S" not in failed and s.drain_timeout_s > TIMEOUT_STOP_S - STOP_MARGIN_S:
         err(config.problem(src, "VOXWS_DRAIN_TIMEOUT_S", env["VOXWS_DRAIN_TIMEOUT_S"],
                            f"at most {TIMEOUT_STOP_S - STOP_MARGIN_S} s, so that the drain ends before the "
                            f"unit's TimeoutStopSec={TIMEOUT_STOP_S}s kills the group"))
     visible = [g.strip() for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-    if s.engine == "nanovllm":
+    gpus_ok = "VOXCPM_DEVICES" not in failed
+    if s.engine == "nanovllm" and "VOXWS_ENGINE" not in failed:
         if not visible:
+            gpus_ok = False
             err(config.problem(src, "CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES", ""),
                                "this group's physical GPUs, e.g. 3,4 (unset, every group uses every GPU)"))
         elif len(set(visible)) != len(visible):
+            gpus_ok = False
             err(config.problem(src, "CUDA_VISIBLE_DEVICES", env["CUDA_VISIBLE_DEVICES"], "distinct GPUs"))
-        elif max(s.devices) >= len(visible):
+        elif gpus_ok and max(s.devices) >= len(visible):
             err(config.problem(src, "VOXCPM_DEVICES", ",".join(map(str, s.devices)),
                                f"indices below {len(visible)}, the number of GPUs in "
                                f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}"))
@@ -139,24 +132,27 @@ def check_file(path: Path, max_text_chars: int | None, gpu_memory_gb: float | No
         errors, warnings = voices_ops.problems(src, s)
         rep.errors += errors
         rep.warnings += warnings
-    if max_text_chars:
+    if max_text_chars and "VOXCPM_MAX_MODEL_LEN" not in failed:
         need = sizing.min_max_model_len(max_text_chars)
         if s.max_model_len < need:
             err(config.problem(src, "VOXCPM_MAX_MODEL_LEN", s.max_model_len,
                                f"at least {need} to fit texts of {max_text_chars} characters "
                                "(--max-text-chars)"))
-    if gpu_memory_gb:
+    sizing_vars = {"VOXCPM_GPU_MEMORY_UTILIZATION", "VOXCPM_MAX_NUM_SEQS", "VOXCPM_MAX_MODEL_LEN"}
+    if gpu_memory_gb and not failed & sizing_vars:
         rep.warnings += memory_warnings(src, s.gpu_memory_utilization, s.max_num_seqs, s.max_model_len,
                                         gpu_memory_gb)
-    gpus = [visible[d] for d in s.devices if d < len(visible)] if visible else []
+    gpus = [visible[d] for d in s.devices if d < len(visible)] if visible and gpus_ok else []
     # Without VOXWS_GROUP in the file the unit's Environment=VOXWS_GROUP=%i names the group.
-    return s, gpus, s.group if "VOXWS_GROUP" in env else stem
+    group = s.group if "VOXWS_GROUP" in env and "VOXWS_GROUP" not in failed else stem
+    return s, gpus, group, failed
 
 
 def validate(paths: list[Path], max_text_chars: int | None = 300, gpu_memory_gb: float | None = None,
              check_model: bool = True, check_voices: bool = True) -> Report:
-    """Every file's problems and the cross-file ones; check_model=False when the model lives elsewhere,
-    check_voices=False when the voices directory does (both look at this machine's files)."""
+    """Every problem in one run: each file's (bad lines, bad values, deployment rules) and the
+    cross-file ones (a GPU, port or group name used twice); check_model=False when the model lives
+    elsewhere, check_voices=False when the voices directory does (both look at this machine's files)."""
     rep = Report()
     files, rep.errors = env_files(paths)
     rep.files = files
@@ -167,17 +163,18 @@ def validate(paths: list[Path], max_text_chars: int | None = 300, gpu_memory_gb:
         loaded = check_file(path, max_text_chars, gpu_memory_gb, check_model, rep, check_voices)
         if not loaded:
             continue
-        s, gpus, group = loaded
+        s, gpus, group, failed = loaded
         for gpu in gpus:
             if gpu in by_gpu:
                 rep.errors.append(config.problem(
                     str(path), "CUDA_VISIBLE_DEVICES", ",".join(gpus),
                     f"GPUs no other group uses; GPU {gpu} is also in {by_gpu[gpu]}"))
             by_gpu.setdefault(gpu, path)
-        if s.port in by_port:
-            rep.errors.append(config.problem(str(path), "VOXWS_PORT", s.port,
-                                             f"a port no other group uses; {by_port[s.port]} has it too"))
-        by_port.setdefault(s.port, path)
+        if "VOXWS_PORT" not in failed:
+            if s.port in by_port:
+                rep.errors.append(config.problem(str(path), "VOXWS_PORT", s.port,
+                                                 f"a port no other group uses; {by_port[s.port]} has it too"))
+            by_port.setdefault(s.port, path)
         if group in by_group:
             rep.errors.append(config.problem(
                 str(path), "VOXWS_GROUP", group,
