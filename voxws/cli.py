@@ -152,6 +152,8 @@ def say(
                                          + " [default: the model's native rate]"),
     token_file: Path = typer.Option(None, metavar="FILE", show_default=False,
                                     help="File holding the bearer token (when the server has one)."),
+    voice: str = typer.Option(None, metavar="ID", show_default=False,
+                              help="A registered voice (POST /v1/voices) [default: the server's default voice]."),
 ) -> None:
     """Speak TEXT into an audio file: try a server from a terminal without a client of your own.
 
@@ -176,7 +178,7 @@ def say(
             print(f"voxws: {line}", file=sys.stderr)
         raise typer.Exit(2)
     try:
-        pcm, rate, done = asyncio.run(_speak(url, text, int(sample_rate) if sample_rate else None, token))
+        pcm, rate, done = asyncio.run(_speak(url, text, int(sample_rate) if sample_rate else None, token, voice))
     except (OSError, TimeoutError) as e:
         print(f"voxws: cannot reach {url}: {e} (is `voxws serve` running?)", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -199,13 +201,16 @@ class _Refused(Exception):
     pass
 
 
-async def _speak(url: str, text: str, rate: int | None, token: str | None) -> tuple[bytes, int, dict[str, Any]]:
+async def _speak(url: str, text: str, rate: int | None, token: str | None,
+                 voice: str | None = None) -> tuple[bytes, int, dict[str, Any]]:
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
     msg: dict[str, Any] = {"type": "speak", "text": text, "format": "pcm_s16le"}
     if rate:
         msg["sample_rate"] = rate
+    if voice:
+        msg["voice"] = voice
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         async with connect(url, additional_headers=headers, compression=None, max_size=None,
