@@ -148,6 +148,9 @@ FIELDS: tuple[Field, ...] = (
     Field("bench_steps", "VOXWS_BENCH_STEPS", _opt_int, None, "a positive integer",
           lambda v: v is None or v > 0,
           "benchmarks with random weights only: every request generates exactly this many steps"),
+    Field("engine_vae", "VOXWS_ENGINE_VAE", _str, "batched", "one of: engine, batched",
+          lambda v: v in ("engine", "batched"),
+          "nanovllm: streaming VAE decode: voxws's batched one (nano-vllm-voxcpm 2.0.5 only) or the engine's"),
 )
 FIELD_BY_ENV = {f.env: f for f in FIELDS}
 
@@ -183,6 +186,7 @@ class Settings:
     synthetic_fail_marker: str | None = None
     synthetic_crash_after_steps: int | None = None
     bench_steps: int | None = None
+    engine_vae: str = "batched"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

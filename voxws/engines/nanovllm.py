@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import wait as wait_for_sentinels
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from voxws.config import Settings, missing_model_files
+from voxws.engines import engine_layer
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest
 from voxws.engines.coalesce import Coalescer
 
@@ -174,6 +176,7 @@ class NanoVllmEngine:
         # Tasks parked inside generate() waiting on the engine: the watchdog interrupts them.
         self._waiting: dict[asyncio.Task[Any], int] = {}
         self._interrupted: set[asyncio.Task[Any]] = set()
+        self._stages = engine_layer.ServerStages.from_env()  # benchmarks: per-chunk timestamps
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -187,6 +190,7 @@ class NanoVllmEngine:
         factory = self._pool_factory
         if factory is None:
             factory, load_counter = _import_runtime(s.devices)
+            engine_layer.install(s.engine_vae)  # the worker's streaming VAE decode; refuses a wrong version
             if self._counter is None:
                 try:
                     self._counter = load_counter(s.model_path or "")
@@ -232,6 +236,8 @@ class NanoVllmEngine:
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.stop()
+        if self._stages is not None:
+            self._stages.flush()
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -312,6 +318,7 @@ class NanoVllmEngine:
             cfg_value=request.cfg_value, temperature=request.temperature, seed=request.seed,
         )
         self._running += 1
+        stages, index = self._stages, 0
         try:
             await self._coalescer.wait()
             while True:
@@ -337,7 +344,11 @@ class NanoVllmEngine:
                     n = self._waiting.pop(task, 1) - 1
                     if n > 0:
                         self._waiting[task] = n
+                received = time.perf_counter()
                 yield chunk
+                if stages is not None:
+                    stages.add(received, time.perf_counter(), index)
+                    index += 1
         finally:
             self._running -= 1
             if self._dead is None:
