@@ -138,7 +138,7 @@ for VAE in $VAES; do
   $PY bench/gpu/gpumem.py | tee "$WORK/mem-ttfb-$VAE.jsonl"
   MEMS=(ttfb="$WORK/mem-ttfb-$VAE.jsonl")
   if [[ -n "$OVERLOAD" && ( $VAE == batched || ${OVERLOAD_ALL:-0} == 1 ) ]]; then
-    voxws-bench overload "${BENCH_ARGS[@]}" --concurrency "$OVERLOAD" --out "$WORK/vox-$VAE" \
+    voxws-bench overload "${BENCH_ARGS[@]}" --rounds "${OVERLOAD_ROUNDS:-3}" --concurrency "$OVERLOAD" --out "$WORK/vox-$VAE" \
       || echo "voxws-bench overload exited $?"
     $PY bench/gpu/gpumem.py | tee "$WORK/mem-overload-$VAE.jsonl"
     MEMS+=(overload="$WORK/mem-overload-$VAE.jsonl")

@@ -103,11 +103,13 @@ def _patch_decoder(vae: str, stages: WorkerStages | None) -> None:
             decode = dec.decode_chunks
 
             def timed(*a: Any, **k: Any) -> Any:
+                cpu = time.thread_time()
                 stages.vae_start = time.perf_counter()
                 try:
                     return decode(*a, **k)
                 finally:
                     stages.vae_end = time.perf_counter()
+                    stages.vae_cpu = time.thread_time() - cpu
 
             dec.decode_chunks = timed
         return dec
@@ -120,26 +122,28 @@ def _patch_step(server: Any, stages: WorkerStages) -> None:
     step = impl.step
 
     def timed_step(self: Any) -> Any:
-        stages.vae_start = stages.vae_end = 0.0
+        stages.vae_start = stages.vae_end = stages.vae_cpu = 0.0
         t0 = time.perf_counter()
         out = step(self)
-        stages.add(t0, stages.vae_start, stages.vae_end, time.perf_counter(), len(out))
+        stages.add(t0, stages.vae_start, stages.vae_end, time.perf_counter(), len(out), stages.vae_cpu)
         return out
 
     impl.step = timed_step
 
 
 class WorkerStages:
-    """Per engine step: start, decoder called, decoder returned, end (after the GPU sync), batch size."""
+    """Per engine step: start, decoder called, decoder returned, end (after the GPU sync), batch size,
+    and the CPU time the worker's thread spent inside the decoder call (less than its wall time when
+    the thread waited: for the GIL, or descheduled)."""
 
     def __init__(self, prefix: str):
         self.path = f"{prefix}.worker-{os.getpid()}.txt"
-        self.vae_start = self.vae_end = 0.0
+        self.vae_start = self.vae_end = self.vae_cpu = 0.0
         self._rows: list[str] = []
 
-    def add(self, t0: float, v0: float, v1: float, t1: float, n: int) -> None:
+    def add(self, t0: float, v0: float, v1: float, t1: float, n: int, vae_cpu: float) -> None:
         if n:
-            self._rows.append(f"{t0:.6f} {v0:.6f} {v1:.6f} {t1:.6f} {n}\n")
+            self._rows.append(f"{t0:.6f} {v0:.6f} {v1:.6f} {t1:.6f} {n} {vae_cpu:.6f}\n")
             if len(self._rows) >= 512:
                 self.flush()
 
@@ -150,24 +154,46 @@ class WorkerStages:
 
 
 class ServerStages:
-    """Per chunk in the server process: received from the pool, and the consumer back for the next
-    (between the two: the session encoded the chunk and handed its frame to the socket)."""
+    """In the server process, per request: handed to the pool (after the coalescer), then per chunk:
+    received from the pool, and the consumer back for the next (between the two: the session
+    encoded the chunk and handed its frame to the socket). Rows: `t_a t_b index request`, the
+    hand-over as index -1."""
 
     def __init__(self, prefix: str):
         self.path = f"{prefix}.server-{os.getpid()}.txt"
-        self._rows: list[tuple[float, float, int]] = []
+        self._rows: list[tuple[float, float, int, int]] = []
+        self._requests = 0
 
     @classmethod
     def from_env(cls) -> ServerStages | None:
         prefix = os.environ.get(_ENV_STAGES)
         return cls(prefix) if prefix else None
 
-    def add(self, received: float, resumed: float, index: int) -> None:
-        self._rows.append((received, resumed, index))
+    def request(self) -> RequestStages:
+        self._requests += 1
+        return RequestStages(self, self._requests)
+
+    def add(self, a: float, b: float, index: int, rid: int) -> None:
+        self._rows.append((a, b, index, rid))
         if len(self._rows) >= 4096:
             self.flush()
 
     def flush(self) -> None:
         rows, self._rows = self._rows, []
         with open(self.path, "a") as f:
-            f.writelines(f"{a:.6f} {b:.6f} {i}\n" for a, b, i in rows)
+            f.writelines(f"{a:.6f} {b:.6f} {i} {r}\n" for a, b, i, r in rows)
+
+
+class RequestStages:
+    __slots__ = ("_index", "_log", "_rid")
+
+    def __init__(self, log: ServerStages, rid: int):
+        self._log, self._rid, self._index = log, rid, 0
+
+    def submitted(self) -> None:
+        t = time.perf_counter()
+        self._log.add(t, t, -1, self._rid)
+
+    def chunk(self, received: float) -> None:
+        self._log.add(received, time.perf_counter(), self._index, self._rid)
+        self._index += 1

@@ -318,9 +318,11 @@ class NanoVllmEngine:
             cfg_value=request.cfg_value, temperature=request.temperature, seed=request.seed,
         )
         self._running += 1
-        stages, index = self._stages, 0
+        stages = self._stages.request() if self._stages is not None else None
         try:
             await self._coalescer.wait()
+            if stages is not None:
+                stages.submitted()
             while True:
                 if self._dead is not None:
                     raise EngineDead(self._dead)
@@ -347,8 +349,7 @@ class NanoVllmEngine:
                 received = time.perf_counter()
                 yield chunk
                 if stages is not None:
-                    stages.add(received, time.perf_counter(), index)
-                    index += 1
+                    stages.chunk(received)
         finally:
             self._running -= 1
             if self._dead is None:

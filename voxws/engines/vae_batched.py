@@ -41,12 +41,18 @@ class SlotStreamingVAEDecoder:
 
     def __init__(self, vae: nn.Module, causal_conv_type: type[nn.Conv1d],
                  causal_transpose_conv_type: type[nn.ConvTranspose1d], buckets: Sequence[int] = (),
-                 *, capacity: int | None = None, graphs: bool | None = None):
+                 *, capacity: int | None = None, graphs: bool | None = None, benchmark: bool = False):
         self._vae = vae
         self._buckets = tuple(sorted(buckets))
         param = next(vae.decoder.parameters())
         self._device, self._dtype = param.device, torch.float32
         self._graphs_on = (self._device.type == "cuda") if graphs is None else graphs
+        # cuDNN autotuning while capturing: other conv algorithms than the engine's decoder picks
+        # (off by default: then both run the same kernels and the audio is bit-identical)
+        self._benchmark = benchmark
+        pinned = self._device.type == "cuda"
+        self._host_idx = torch.zeros(2, max(self._buckets, default=1), dtype=torch.int64, pin_memory=pinned)
+        self._host_done: Any = None  # event: the last copy out of _host_idx has been read
         self._capacity = max(capacity or 0, 2 * (self._buckets[-1] if self._buckets else 8))
         self._layers: list[tuple[int, int]] = []  # (channels, tail length) per stateful layer
         self._bufs: list[torch.Tensor] = []
@@ -168,8 +174,14 @@ class SlotStreamingVAEDecoder:
             zs[:n].copy_(z)
             if b > n:
                 zs[n:].zero_()
-            rs.copy_(self._host(read), non_blocking=True)
-            ws.copy_(self._host(write), non_blocking=True)
+            if self._host_done is not None:
+                self._host_done.synchronize()  # the previous step's index copy has left the buffer
+            self._host_idx[0, :b] = torch.tensor(read)
+            self._host_idx[1, :b] = torch.tensor(write)
+            rs.copy_(self._host_idx[0, :b], non_blocking=True)
+            ws.copy_(self._host_idx[1, :b], non_blocking=True)
+            self._host_done = torch.cuda.Event()
+            self._host_done.record()
             g.replay()
             return out[:n]
         if b > n:
@@ -203,15 +215,20 @@ class SlotStreamingVAEDecoder:
         ws = torch.full((b,), SCRATCH_SLOT, device=self._device, dtype=torch.int64)
         side = torch.cuda.Stream(self._device)
         side.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(side):  # settle lazy init and the scripted snake before capturing
-            for _ in range(3):
-                self._run(zs, rs, ws)
-        torch.cuda.current_stream(self._device).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._pool):
-            out = self._run(zs, rs, ws)
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self._benchmark
+        try:
+            with torch.cuda.stream(side):  # settle lazy init and the scripted snake before capturing
+                for _ in range(3):
+                    self._run(zs, rs, ws)
+            torch.cuda.current_stream(self._device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                out = self._run(zs, rs, ws)
+        finally:
+            torch.backends.cudnn.benchmark = before
         self._graphs[b] = (g, zs, rs, ws, out)
         return self._graphs[b]
 
