@@ -51,7 +51,9 @@ class SlotStreamingVAEDecoder:
         # (off by default: then both run the same kernels and the audio is bit-identical)
         self._benchmark = benchmark
         pinned = self._device.type == "cuda"
-        self._host_idx = torch.zeros(2, max(self._buckets, default=1), dtype=torch.int64, pin_memory=pinned)
+        # device="cpu" everywhere on the host side: the engine loads its model under a CUDA default device
+        self._host_idx = torch.zeros(2, max(self._buckets, default=1), dtype=torch.int64, device="cpu",
+                                     pin_memory=pinned)
         self._host_done: Any = None  # event: the last copy out of _host_idx has been read
         self._capacity = max(capacity or 0, 2 * (self._buckets[-1] if self._buckets else 8))
         self._layers: list[tuple[int, int]] = []  # (channels, tail length) per stateful layer
@@ -176,8 +178,8 @@ class SlotStreamingVAEDecoder:
                 zs[n:].zero_()
             if self._host_done is not None:
                 self._host_done.synchronize()  # the previous step's index copy has left the buffer
-            self._host_idx[0, :b] = torch.tensor(read)
-            self._host_idx[1, :b] = torch.tensor(write)
+            self._host_idx[0, :b] = torch.tensor(read, dtype=torch.int64, device="cpu")
+            self._host_idx[1, :b] = torch.tensor(write, dtype=torch.int64, device="cpu")
             rs.copy_(self._host_idx[0, :b], non_blocking=True)
             ws.copy_(self._host_idx[1, :b], non_blocking=True)
             self._host_done = torch.cuda.Event()
@@ -189,7 +191,7 @@ class SlotStreamingVAEDecoder:
         return self._eager(z, read, write)[:n]
 
     def _host(self, index: list[int]) -> torch.Tensor:
-        t = torch.tensor(index, dtype=torch.int64)
+        t = torch.tensor(index, dtype=torch.int64, device="cpu")
         # pinned: the copy to the GPU stays asynchronous (a pageable one can wait for the step's kernels)
         return t.pin_memory() if self._device.type == "cuda" else t
 
