@@ -14,6 +14,8 @@ What the pool (nano-vllm-voxcpm 2.0.5) does and what this adapter adds:
 - A dead worker: the pool fails its in-flight streams only once the process is reaped (up to
   ~2 s). This adapter watches the workers' sentinels itself, sets `dead_reason` within
   `watch_interval_s`, and interrupts every generate() waiting on the engine with EngineDead.
+- The worker's streaming VAE decode is voxws's batched one unless VOXWS_ENGINE_VAE=engine
+  (engine_layer.py installs it into the spawned worker; it refuses an engine other than 2.0.5).
 """
 
 from __future__ import annotations
