@@ -150,7 +150,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--seqs", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--polyphase", action="store_true", help="also the experimental polyphase transposed convs")
     args = ap.parse_args()
     with open(args.config) as f:
         cfg = json.load(f)
@@ -180,21 +179,6 @@ def main() -> None:
     # cuDNN autotuning while capturing (SlotStreamingVAEDecoder(benchmark=True)) was measured on the
     # H200 in run 2: bit-identical and no faster (30.16 vs 30.16 ms at 128): left out since.
     ex_tuned = None
-    poly = None
-    if args.polyphase:  # the experimental polyphase transposed convolutions (strict fp32)
-        from nanovllm_voxcpm.layers.audio_vae import AudioVAE, CausalConv1d, CausalTransposeConv1d
-        from nanovllm_voxcpm.utils.batch_buckets import make_batch_size_buckets
-
-        from voxws.engines.vae_batched import SlotStreamingVAEDecoder
-
-        vae_p = AudioVAE(**cfg["audio_vae_config"]).cuda().eval()
-        vae_p.load_state_dict(vae_a.state_dict())
-        dec_p = SlotStreamingVAEDecoder(vae_p, CausalConv1d, CausalTransposeConv1d,
-                                        make_batch_size_buckets(args.seqs), polyphase=True)
-        dec_p.warmup(feat, patch)
-        poly = {"exactness": exactness(eng, dec_p, feat, patch, args.steps, args.seqs, seed=3),
-                "decode_ms": timing(dec_p, feat, patch, sizes, args.reps)}
-        print(f"polyphase: {json.dumps(poly)}", flush=True)
     try:
         profile = top_kernels(ours, feat, patch, args.seqs)
     except Exception as e:  # the profiler (CUPTI) is not there on every machine
@@ -204,8 +188,7 @@ def main() -> None:
         print(f"  {row['ms']:7.3f}  x{row['count']:<4d} {row['name'][:110]}")
     mem["batched"]["graph_buckets"] = list(ours.graph_buckets)
     mem["vae_weights_mb"] = sum(p.numel() * 4 for p in vae_a.parameters()) / 2**20
-    doc = {"exactness": ex, "exactness_cudnn_benchmark": ex_tuned, "polyphase": poly,
-           "top_kernels_batched": profile[:25],
+    doc = {"exactness": ex, "exactness_cudnn_benchmark": ex_tuned, "top_kernels_batched": profile[:25],
            "decode_ms": res_t, "speedup": {n: res_t["engine"][n] / res_t["batched"][n]
                                                             for n in res_t["engine"]},
            "warmup_s": {"engine": t_eng, "batched": t_ours}, "memory": mem,

@@ -41,8 +41,7 @@ class SlotStreamingVAEDecoder:
 
     def __init__(self, vae: nn.Module, causal_conv_type: type[nn.Conv1d],
                  causal_transpose_conv_type: type[nn.ConvTranspose1d], buckets: Sequence[int] = (),
-                 *, capacity: int | None = None, graphs: bool | None = None, benchmark: bool = False,
-                 polyphase: bool = False):
+                 *, capacity: int | None = None, graphs: bool | None = None, benchmark: bool = False):
         self._vae = vae
         self._buckets = tuple(sorted(buckets))
         param = next(vae.decoder.parameters())
@@ -51,10 +50,6 @@ class SlotStreamingVAEDecoder:
         # cuDNN autotuning while capturing: other conv algorithms than the engine's decoder picks
         # (off by default: then both run the same kernels and the audio is bit-identical)
         self._benchmark = benchmark
-        # Experimental (bench/gpu/vae_exact.py measures it; off in the worker): each stride-s,
-        # kernel-2s transposed convolution as a kernel-2 convolution into s x channels and a reshape
-        # (one GEMM-shaped kernel instead of cuDNN's transposed path, in strict fp32).
-        self._polyphase = polyphase
         pinned = self._device.type == "cuda"
         # device="cpu" everywhere on the host side: the engine loads its model under a CUDA default device
         self._host_idx = torch.zeros(2, max(self._buckets, default=1), dtype=torch.int64, device="cpu",
@@ -274,26 +269,8 @@ class SlotStreamingVAEDecoder:
             state = self._bufs[layer]
             full = torch.cat([state.index_select(0, self._read), x], dim=-1)
             state.index_copy_(0, self._write, full[..., -context:])
-            if self._polyphase and _m.kernel_size[0] == 2 * _m.stride[0] and _m.groups == 1:
-                out = _polyphase_transpose(_m, full)
-            else:
-                out = nn.ConvTranspose1d.forward(_m, full)
+            out = nn.ConvTranspose1d.forward(_m, full)
             left = context * _m.stride[0]
             return out[..., left:-trim] if trim > 0 else out[..., left:]
 
         module.forward = forward
-
-
-def _polyphase_transpose(m: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """nn.ConvTranspose1d (stride s, kernel 2s, no padding) as a convolution: output sample n*s + r
-    is W[:, :, r]^T x[n] + W[:, :, r + s]^T x[n - 1], i.e. a kernel-2 convolution over x padded by one
-    zero each side into (C_out, s) channels, then the phases interleaved."""
-    s = m.stride[0]
-    w = m.weight  # [C_in, C_out, 2s]
-    c_in, c_out, _ = w.shape
-    wc = torch.stack([w[:, :, s:], w[:, :, :s]], dim=-1).permute(1, 2, 0, 3).reshape(c_out * s, c_in, 2)
-    bias = m.bias.repeat_interleave(s) if m.bias is not None else None
-    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        z = torch.nn.functional.conv1d(torch.nn.functional.pad(x, (1, 1)), wc, bias)
-    b, _, n = z.shape
-    return z.view(b, c_out, s, n).transpose(2, 3).reshape(b, c_out, n * s)
