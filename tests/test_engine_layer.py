@@ -20,8 +20,10 @@ def test_the_setting_defaults_to_batched_and_refuses_other_values():
         config.load({**base, "VOXWS_ENGINE_VAE": "fast"})
 
 
-def test_the_engine_decoder_needs_no_version_check():
+def test_the_engine_decoder_needs_no_version_check_and_leaves_the_worker_alone(monkeypatch):
+    monkeypatch.delenv("VOXWS_STAGE_LOG", raising=False)
     engine_layer.check_engine("engine")
+    engine_layer.install("engine")  # no engine installed here: nothing may be imported or patched
 
 
 def test_batched_refuses_an_engine_it_was_not_written_for(monkeypatch):

@@ -58,6 +58,9 @@ def install(vae: str, stage_log: str | None = None) -> None:
     """In the server process, before the pool starts: route the workers through worker_main."""
     global _original_main_loop
     check_engine(vae)
+    stage_log = stage_log or os.environ.get(_ENV_STAGES)
+    if vae == "engine" and not stage_log:
+        return  # the fallback: the engine's own worker, untouched
     from nanovllm_voxcpm.models.voxcpm import server
 
     os.environ[_ENV_VAE] = vae  # a spawned worker inherits the environment of the moment it starts
