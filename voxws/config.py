@@ -176,6 +176,9 @@ FIELDS: tuple[Field, ...] = (
           lambda v: 1 <= v <= 100_000, "voices the store may hold"),
     Field("max_upload_bytes", "VOXWS_MAX_UPLOAD_BYTES", _int, 10_000_000, "an integer from 1024 to 1000000000",
           lambda v: 1024 <= v <= 1_000_000_000, "largest POST /v1/voices body (bytes)"),
+    Field("engine_vae", "VOXWS_ENGINE_VAE", _str, "batched", "one of: engine, batched",
+          lambda v: v in ("engine", "batched"),
+          "nanovllm: streaming VAE decode: voxws's batched one (nano-vllm-voxcpm 2.0.5 only) or the engine's"),
 )
 FIELD_BY_ENV = {f.env: f for f in FIELDS}
 
@@ -215,6 +218,7 @@ class Settings:
     default_voice: str | None = None
     max_voices: int = 1000
     max_upload_bytes: int = 10_000_000
+    engine_vae: str = "batched"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -15,6 +15,8 @@
 #   UTIL=0.4 SEQS=128 LEN=2048 STEPS=63 ROUNDS=3 DEVICES=0 PORT=18081
 #   FLASH_ATTN=auto|stub|real  auto: the stand-in only when flash_attn is not importable
 #   REUSE_MODEL=1              keep a random model already built in $WORK/model
+#   VAES="engine batched"      voxws runs, one per VOXWS_ENGINE_VAE (compare.py each against the raw sweep)
+#   RAW_LEVELS=$LEVELS         the raw sweep's levels; OVERLOAD_ALL=1 runs the overload level for every VAE
 #   KILL_TEST=1                after the sweep, SIGKILL the engine worker under load and time the
 #                              server's reaction (engine_error to clients, non-zero exit)
 set -euo pipefail
@@ -29,6 +31,8 @@ UTIL=${UTIL:-0.4} SEQS=${SEQS:-128} LEN=${LEN:-2048} STEPS=${STEPS:-63} DEVICES=
 PORT=${PORT:-18081}
 if ((SMOKE)); then LEVELS=${LEVELS:-1,8}; OVERLOAD=${OVERLOAD:-16}; ROUNDS=${ROUNDS:-2}; KILL_TEST=${KILL_TEST:-1}
 else LEVELS=${LEVELS:-1,8,32,64,128}; OVERLOAD=${OVERLOAD:-256}; ROUNDS=${ROUNDS:-3}; KILL_TEST=${KILL_TEST:-0}; fi
+RAW_LEVELS=${RAW_LEVELS:-$LEVELS}    # the raw engine at 256 on seqs 128 is known to stall half its streams
+VAES=${VAES:-engine batched}          # voxws runs: VOXWS_ENGINE_VAE=engine, then =batched
 PY=${PYTHON:-python3}
 mkdir -p "$WORK" "$RESULTS"
 LOG=$WORK/run.log
@@ -38,7 +42,9 @@ stage() { echo; echo "=== [$((SECONDS - t_all)) s] $*"; }
 save_out() {  # what comes back from a lent GPU machine ($OUT: at most 8 files)
   [[ -n "${OUT:-}" && -d "${OUT:-}" ]] || return 0
   cp -f "$LOG" "$OUT/run.log" 2>/dev/null || true
-  for f in "$WORK/server.log" "$WORK/kill-server.log" "$WORK/raw.json"; do [[ -f $f ]] && cp -f "$f" "$OUT/"; done
+  for f in "$WORK/server-batched.log" "$WORK/kill-server.log" "$WORK/vae.json" "$WORK/stages.json" \
+           "$WORK/cmp-engine.json" "$WORK/cmp-batched.json"; do
+    [[ -f $f ]] && cp -f "$f" "$OUT/"; done
   [[ -n "${RESULT_FILE:-}" && -f "${RESULT_FILE:-}" ]] && cp -f "$RESULT_FILE" "$OUT/"
   return 0
 }
@@ -90,9 +96,17 @@ else
   BENCH_STEPS=${BENCH_STEPS:-$STEPS}
 fi
 
-stage "raw engine sweep: C=$LEVELS,$OVERLOAD x $ROUNDS bursts, util $UTIL seqs $SEQS len $LEN steps $STEPS"
+STAGES=$WORK/stages
+rm -rf "$STAGES"; mkdir -p "$STAGES"
+
+stage "VAE decode: voxws's batched decoder against the engine's (exactness over >= 200 steps, time, memory)"
+$PY bench/gpu/vae_exact.py --config bench/gpu/voxcpm15-config.json --seqs "$SEQS" --out "$WORK/vae.json" \
+  || echo "vae_exact.py exited $?"
+
+stage "raw engine sweep: C=$RAW_LEVELS x $ROUNDS bursts, util $UTIL seqs $SEQS len $LEN steps $STEPS"
 (cd bench/gpu && $PY sweep_raw.py --model "$MODEL" --out "$WORK/raw.json" --devices "$DEVICES" \
-  --util "$UTIL" --seqs "$SEQS" --len "$LEN" --steps "$STEPS" --concurrency "$LEVELS,$OVERLOAD" --rounds "$ROUNDS")
+  --util "$UTIL" --seqs "$SEQS" --len "$LEN" --steps "$STEPS" --concurrency "$RAW_LEVELS" --rounds "$ROUNDS" \
+  --stage-log "$STAGES/raw")
 
 wait_ready() {  # $1 pid, $2 log: seconds until /readyz answers 200; exits if the server dies
   local t0=$SECONDS
@@ -104,46 +118,53 @@ wait_ready() {  # $1 pid, $2 log: seconds until /readyz answers 200; exits if th
   echo $((SECONDS - t0))
 }
 
-start_server() {  # $1 log; sets SPID (a child of this shell, so that `wait` gets its exit code)
+start_server() {  # $1 log, $2 VOXWS_ENGINE_VAE, $3 stage log prefix; sets SPID (a child of this shell)
   VOXWS_ENGINE=nanovllm VOXCPM_MODEL_PATH=$MODEL VOXCPM_DEVICES=$DEVICES VOXCPM_GPU_MEMORY_UTILIZATION=$UTIL \
   VOXCPM_MAX_NUM_SEQS=$SEQS VOXCPM_MAX_MODEL_LEN=$LEN VOXWS_HOST=127.0.0.1 VOXWS_PORT=$PORT \
-  VOXWS_LOG_FORMAT=json VOXWS_BENCH_STEPS=${BENCH_STEPS:-} \
+  VOXWS_LOG_FORMAT=json VOXWS_BENCH_STEPS=${BENCH_STEPS:-} VOXWS_ENGINE_VAE=${2:-batched} VOXWS_STAGE_LOG=${3:-} \
     voxws serve --engine nanovllm --port "$PORT" >"$1" 2>&1 &
   SPID=$!
 }
 
-stage "voxws serve --engine nanovllm (VOXWS_BENCH_STEPS=${BENCH_STEPS:-unset})"
-start_server "$WORK/server.log"
-READY_S=$(wait_ready "$SPID" "$WORK/server.log")
-echo "voxws ready in ${READY_S} s (pid $SPID)"
 URL=ws://127.0.0.1:$PORT/v1/tts
 BENCH_ARGS=(--url "$URL" --text-file bench/gpu/text67.txt --rounds "$ROUNDS" --no-plots --quiet --timeout 300)
+declare -A READY
+for VAE in $VAES; do
+  stage "voxws serve --engine nanovllm, VOXWS_ENGINE_VAE=$VAE (VOXWS_BENCH_STEPS=${BENCH_STEPS:-unset})"
+  start_server "$WORK/server-$VAE.log" "$VAE" "$STAGES/voxws-$VAE"
+  READY[$VAE]=$(wait_ready "$SPID" "$WORK/server-$VAE.log")
+  echo "voxws ready in ${READY[$VAE]} s (pid $SPID)"
+  voxws-bench ttfb "${BENCH_ARGS[@]}" --concurrency "$LEVELS" --out "$WORK/vox-$VAE" || echo "voxws-bench ttfb exited $?"
+  $PY bench/gpu/gpumem.py | tee "$WORK/mem-ttfb-$VAE.jsonl"
+  MEMS=(ttfb="$WORK/mem-ttfb-$VAE.jsonl")
+  if [[ -n "$OVERLOAD" && ( $VAE == batched || ${OVERLOAD_ALL:-0} == 1 ) ]]; then
+    voxws-bench overload "${BENCH_ARGS[@]}" --rounds "${OVERLOAD_ROUNDS:-3}" --concurrency "$OVERLOAD" --out "$WORK/vox-$VAE" \
+      || echo "voxws-bench overload exited $?"
+    $PY bench/gpu/gpumem.py | tee "$WORK/mem-overload-$VAE.jsonl"
+    MEMS+=(overload="$WORK/mem-overload-$VAE.jsonl")
+  fi
+  kill -TERM "$SPID" 2>/dev/null || true
+  rc=0; wait "$SPID" || rc=$?
+  echo "voxws serve exited $rc"
+  $PY bench/gpu/compare.py --raw "$WORK/raw.json" --voxws "$WORK/vox-$VAE/ttfb.json" "$WORK/vox-$VAE/overload.json" \
+    --voxws-mem "${MEMS[@]}" --voxws-ready-s "${READY[$VAE]}" --out "$WORK/cmp-$VAE.json" || echo "compare.py exited $?"
+done
 
-stage "voxws-bench ttfb --concurrency $LEVELS"
-voxws-bench ttfb "${BENCH_ARGS[@]}" --concurrency "$LEVELS" --out "$WORK/vox" || echo "voxws-bench ttfb exited $?"
-$PY bench/gpu/gpumem.py | tee "$WORK/mem-ttfb.jsonl"
-
-stage "voxws-bench overload --concurrency $OVERLOAD"
-voxws-bench overload "${BENCH_ARGS[@]}" --concurrency "$OVERLOAD" --out "$WORK/vox" || echo "voxws-bench overload exited $?"
-$PY bench/gpu/gpumem.py | tee "$WORK/mem-overload.jsonl"
-
-stage "stop voxws (SIGTERM: drain)"
-kill -TERM "$SPID" 2>/dev/null || true
-rc=0; wait "$SPID" || rc=$?
-echo "voxws serve exited $rc"
+stage "per-stage timings (worker step, chunk received in the server, consumer back)"
+SIDES=(--side raw "$STAGES/raw")
+for VAE in $VAES; do SIDES+=(--side "voxws-$VAE" "$STAGES/voxws-$VAE"); done
+$PY bench/gpu/stages.py "${SIDES[@]}" --raw "$WORK/raw.json" --out "$WORK/stages.json" || echo "stages.py exited $?"
 
 stage "results"
 SLUG=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | grep -oE '[a-z][0-9]{2,4}[a-z]?' | head -1)
 SUFFIX=""; ((SMOKE)) && SUFFIX=-smoke
 RESULT_FILE=$RESULTS/gpu-${SLUG:-gpu}-$(date -u +%F)$SUFFIX.json
-$PY bench/gpu/compare.py --raw "$WORK/raw.json" --voxws "$WORK/vox/ttfb.json" "$WORK/vox/overload.json" \
-  --voxws-mem ttfb="$WORK/mem-ttfb.jsonl" overload="$WORK/mem-overload.jsonl" --voxws-ready-s "$READY_S" \
-  --out "$RESULT_FILE"
-echo "wrote $RESULT_FILE"
+$PY bench/gpu/report.py --engine "$WORK/cmp-engine.json" --batched "$WORK/cmp-batched.json" --vae "$WORK/vae.json" \
+  --stages "$WORK/stages.json" --out "$RESULT_FILE"
 
 if [[ $KILL_TEST == 1 ]]; then
   stage "liveness: SIGKILL the engine worker under load"
-  start_server "$WORK/kill-server.log"
+  start_server "$WORK/kill-server.log" batched ""
   wait_ready "$SPID" "$WORK/kill-server.log" >/dev/null
   voxws-bench ttfb --url "$URL" --text-file bench/gpu/text67.txt --concurrency 16 --rounds 1 --no-plots --quiet \
     --timeout 60 --out "$WORK/kill" >"$WORK/kill-bench.log" 2>&1 & BPID=$!

@@ -52,6 +52,10 @@ async def one(pool, rid: int, level: int, rnd: int, text: str, steps: int, t0: f
 async def sweep(args: argparse.Namespace) -> dict:
     from nanovllm_voxcpm import VoxCPM
 
+    if args.vae != "engine" or args.stage_log:  # voxws's worker layer (decoder choice, step timestamps)
+        from voxws.engines import engine_layer
+
+        engine_layer.install(args.vae, args.stage_log)
     if args.text:
         text = args.text
     else:
@@ -105,6 +109,7 @@ async def sweep(args: argparse.Namespace) -> dict:
                      "max_num_seqs": args.seqs, "max_model_len": args.len, "steps": args.steps,
                      "rounds": args.rounds, "concurrency": levels},
         "text": text, "text_chars": len(text), "sample_rate": rate, "model_info": dict(info),
+        "vae": args.vae, "t0_abs": t0,
         "ready_s": ready_s, "idle_mb": idle_mb, "cards": gpumem.cards(), "sweep_s": t_stop - t0,
         "bursts": bursts, "requests": records,
     }
@@ -121,6 +126,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=63, help="max_generate_length (the stop head never fires)")
     ap.add_argument("--concurrency", default="1,8,32,64,128,256")
     ap.add_argument("--rounds", type=int, default=3, help="bursts per level; the first is the warm-up")
+    ap.add_argument("--vae", default="engine", choices=("engine", "batched"),
+                    help="streaming VAE decode: the engine's, or voxws's batched layer")
+    ap.add_argument("--stage-log", default=None, help="prefix for the worker's per-step timestamps")
     ap.add_argument("--text", default=None, help="default: text67.txt beside this script")
     args = ap.parse_args()
     doc = asyncio.run(sweep(args))

@@ -14,6 +14,8 @@ What the pool (nano-vllm-voxcpm 2.0.5) does and what this adapter adds:
 - A dead worker: the pool fails its in-flight streams only once the process is reaped (up to
   ~2 s). This adapter watches the workers' sentinels itself, sets `dead_reason` within
   `watch_interval_s`, and interrupts every generate() waiting on the engine with EngineDead.
+- The worker's streaming VAE decode is voxws's batched one unless VOXWS_ENGINE_VAE=engine
+  (engine_layer.py installs it into the spawned worker; it refuses an engine other than 2.0.5).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import io
 import json
 import math
 import os
+import time
 import wave
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +38,7 @@ import numpy as np
 
 from voxws import sizing
 from voxws.config import Settings, missing_model_files
+from voxws.engines import engine_layer
 from voxws.engines.base import EngineDead, EngineError, EngineRefused, EngineStartError, GenerateRequest, VoicePrompt
 from voxws.engines.coalesce import Coalescer
 
@@ -194,6 +198,7 @@ class NanoVllmEngine:
         self._waiting: dict[asyncio.Task[Any], int] = {}
         self._latents: OrderedDict[str, bytes] = OrderedDict()  # voice prompt key -> engine latents
         self._interrupted: set[asyncio.Task[Any]] = set()
+        self._stages = engine_layer.ServerStages.from_env()  # benchmarks: per-chunk timestamps
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -207,6 +212,7 @@ class NanoVllmEngine:
         factory = self._pool_factory
         if factory is None:
             factory, load_counter = _import_runtime(s.devices)
+            engine_layer.install(s.engine_vae)  # the worker's streaming VAE decode; refuses a wrong version
             if self._counter is None:
                 try:
                     self._counter = load_counter(s.model_path or "")
@@ -252,6 +258,8 @@ class NanoVllmEngine:
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.stop()
+        if self._stages is not None:
+            self._stages.flush()
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -352,8 +360,11 @@ class NanoVllmEngine:
             cfg_value=request.cfg_value, temperature=request.temperature, seed=request.seed, **extra,
         )
         self._running += 1
+        stages = self._stages.request() if self._stages is not None else None
         try:
             await self._coalescer.wait()
+            if stages is not None:
+                stages.submitted()
             while True:
                 if self._dead is not None:
                     raise EngineDead(self._dead)
@@ -377,7 +388,10 @@ class NanoVllmEngine:
                     n = self._waiting.pop(task, 1) - 1
                     if n > 0:
                         self._waiting[task] = n
+                received = time.perf_counter()
                 yield chunk
+                if stages is not None:
+                    stages.chunk(received)
         finally:
             self._running -= 1
             if self._dead is None:
