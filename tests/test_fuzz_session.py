@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 
 from tests.fuzzing import examples, fuzz
 from voxws.admission import Admission
-from voxws.codecs import PCM_FORMATS
-from voxws.config import SAMPLE_RATES, Settings
+from voxws.config import FORMATS, SAMPLE_RATES, Settings
 from voxws.engines.synthetic import SyntheticEngine
 from voxws.metrics import Metrics
 from voxws.protocol import ERROR_CODES
@@ -45,7 +44,7 @@ texts = st.one_of(
                      "...", "😀", "\u200b", "مرحبا", "a\x00b", "长" * 121, "字" * 40]),
     st.text(max_size=12))
 options = st.fixed_dictionaries({}, optional={
-    "format": st.sampled_from([*PCM_FORMATS, "vorbis"]), "sample_rate": st.sampled_from([*SAMPLE_RATES, 11025]),
+    "format": st.sampled_from([*FORMATS, "vorbis"]), "sample_rate": st.sampled_from([*SAMPLE_RATES, 11025]),
     "voice": st.sampled_from(["default", "nobody"]), "seed": st.integers(-1, 3), "cfg_value": st.floats(-1, 3)})
 
 
