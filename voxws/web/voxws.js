@@ -10,10 +10,25 @@
 export const PROTOCOL = 'voxws.v1';
 export const VERSION = '0.1.0';
 
+// Copies of the server's definitions (voxws/protocol.py ERROR_CODES, voxws/config.py FORMATS and
+// SAMPLE_RATES); tests/test_browser_client.py checks them against the Python ones.
+/** Server error code -> the WebSocket close code that follows it (null: the socket stays open). */
+export const ERROR_CODES = Object.freeze({
+  bad_message: null, empty_text: null, text_too_long: null, unsupported_format: null, unknown_voice: null,
+  bad_option: null, context_exists: null, unknown_context: null, too_many_contexts: null, busy: null,
+  rate_limited: null, slow_consumer: 1008, engine_error: null, unauthorized: 1008, message_too_big: 1009,
+  idle_timeout: 1000, shutting_down: null,
+});
+/** Every audio format of the protocol; a server offers a subset (`ready.formats`). */
+export const FORMATS = Object.freeze(['pcm_s16le', 'pcm_f32le', 'pcm_mulaw', 'wav', 'mp3', 'opus']);
+export const SAMPLE_RATES = Object.freeze([8000, 16000, 22050, 24000, 44100, 48000]);
+/** Rates an Ogg Opus stream may have. */
+export const OPUS_RATES = Object.freeze([8000, 12000, 16000, 24000, 48000]);
+
 // Characters RFC 6455 allows in a subprotocol name; other tokens travel as ?token= instead.
 const SUBPROTOCOL_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Server codes after which the server closes the socket (PROTOCOL.md, "Error codes").
-const CLOSING_CODES = new Set(['slow_consumer', 'unauthorized', 'message_too_big', 'idle_timeout']);
+const CLOSING_CODES = new Set(Object.keys(ERROR_CODES).filter((c) => ERROR_CODES[c] !== null));
 // Codes that reject one message of an incremental context the server keeps open; the client ends the
 // utterance anyway (and cancels it on the server) so that both sides agree it is over.
 const MESSAGE_CODES = new Set(['text_too_long', 'bad_message', 'context_exists']);
@@ -79,6 +94,36 @@ export function decodePcm(buffer, format) {
   return out;
 }
 
+/** The bytes of a WAV stream after its header (null while the header is incomplete). */
+function wavData(bytes) {
+  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'RIFF') return bytes;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let o = 12; o + 8 <= bytes.length; ) {
+    const id = String.fromCharCode(...bytes.subarray(o, o + 4));
+    if (id === 'data') return bytes.subarray(o + 8);
+    o += 8 + view.getUint32(o + 4, true) + (view.getUint32(o + 4, true) & 1);
+  }
+  return null;
+}
+
+/** Whether a format arrives as encoded bytes (Uint8Array chunks) rather than samples. */
+export const isEncoded = (format) => format === 'mp3' || format === 'opus';
+
+/** Protocol offsets count Unicode code points; JS strings count UTF-16 units. `utf16Offsets(text)[cp]` is
+ * the string index of code point `cp` (the array has one entry more than the text has code points). */
+export function utf16Offsets(text) {
+  const out = [0];
+  let o = 0;
+  for (const ch of text) out.push((o += ch.length));
+  return out;
+}
+
+/** `source[start:end]` in code points, as the server's offsets mean it. */
+export function sourceSlice(text, start, end) {
+  const at = utf16Offsets(text);
+  return text.slice(at[Math.min(start, at.length - 1)], at[Math.min(end, at.length - 1)]);
+}
+
 /** Samples as float32 in [-1, 1) (a new array the caller owns). */
 export function toFloat32(chunk) {
   if (chunk instanceof Float32Array) return chunk.slice();
@@ -104,8 +149,16 @@ export class Utterance extends EventTarget {
     this.firstAudioAt = null;
     this.chunks = 0;
     this.samples = 0;
+    this.bytes = 0; // binary bytes received: the bandwidth this format costs
     this.summary = null;
     this.error = null;
+    this.source = typeof options.text === 'string' ? options.text : ''; // what offsets point into
+    this.segments = []; // `segment` messages, in order
+    this.words = []; // {word, startMs, endMs, sourceStart, sourceEnd, estimated}, in order
+    this.voice = undefined; // from `done`: the voice id used, or null
+    this.sourceEnd = null; // from `cancelled`: where in `source` the audio sent stops
+    this._flushes = new Map(); // flush_id -> {resolve, reject}
+    this._headerSeen = false;
     this._queue = [];
     this._waiters = [];
     this._ended = false;
@@ -122,9 +175,32 @@ export class Utterance extends EventTarget {
     return this.firstAudioAt === null ? null : this.firstAudioAt - this.sentAt;
   }
 
-  /** Audio received so far, in ms. */
+  /** Audio received so far, in ms (encoded formats: known from the summary only). */
   get audioMs() {
+    if (isEncoded(this.format)) return this.summary?.audio_ms ?? 0;
     return this.sampleRate ? (this.samples / this.sampleRate) * 1000 : 0;
+  }
+
+  /** The word (see `words`) being heard at `ms` from the start of this utterance's audio, or null. */
+  wordAt(ms) {
+    let lo = 0;
+    let hi = this.words.length - 1;
+    let found = null;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.words[mid].startMs <= ms) {
+        found = this.words[mid];
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  /** The segment being heard at `ms`, or null. */
+  segmentAt(ms) {
+    let found = null;
+    for (const s of this.segments) if (s.audio_start_ms <= ms) found = s;
+    return found;
   }
 
   get finished() {
@@ -199,19 +275,67 @@ export class Utterance extends EventTarget {
 
   _onAudio(buffer) {
     if (this.state === 'cancelling' || this.finished) return;
-    const chunk = decodePcm(buffer, this.format);
+    this.bytes += buffer.byteLength;
+    let chunk;
+    if (isEncoded(this.format)) {
+      chunk = new Uint8Array(buffer.slice(0));
+    } else if (this.format === 'wav') {
+      const data = this._headerSeen ? new Uint8Array(buffer) : wavData(new Uint8Array(buffer));
+      if (data === null) return; // header only: no samples yet
+      this._headerSeen = true;
+      if (!data.length) return;
+      chunk = decodePcm(data.slice().buffer, 'pcm_s16le');
+    } else {
+      chunk = decodePcm(buffer, this.format);
+    }
     if (this.firstAudioAt === null) this.firstAudioAt = now();
     this.chunks += 1;
-    this.samples += chunk.length;
+    if (!isEncoded(this.format)) this.samples += chunk.length;
     this._emit('chunk', chunk);
     const w = this._waiters.shift();
     if (w) w.resolve({ value: chunk, done: false });
     else this._queue.push(chunk);
   }
 
+  _onSegment(msg) {
+    this.segments.push(msg);
+    this.options.onSegment?.(msg, this);
+    this._emit('segment', msg);
+  }
+
+  _onWords(msg) {
+    const added = msg.words.map((word, i) => ({
+      word,
+      startMs: msg.start_ms[i],
+      endMs: msg.end_ms[i],
+      sourceStart: msg.source_start[i],
+      sourceEnd: msg.source_end[i],
+      estimated: !!msg.estimated,
+    }));
+    this.words.push(...added);
+    this.options.onWords?.(added, this);
+    this._emit('words', { ...msg, list: added });
+  }
+
+  _onFlushed(msg) {
+    const key = String(msg.flush_id);
+    const f = this._flushes.get(key);
+    this._flushes.delete(key);
+    f?.resolve(msg);
+    this._emit('flushed', msg);
+  }
+
+  // Flushes still waiting when the context ends: done means all audio was sent, anything else did not.
+  _settleFlushes(error) {
+    for (const f of this._flushes.values()) (error ? f.reject(error) : f.resolve({ type: 'flushed', context: this.context }));
+    this._flushes.clear();
+  }
+
   _onDone(msg) {
     if (this.finished) return;
     this.state = 'done';
+    this.voice = msg.voice ?? null;
+    this._settleFlushes(null);
     this.summary = { ...msg, cancelled: false, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
     this._emit('done', this.summary);
@@ -221,6 +345,8 @@ export class Utterance extends EventTarget {
   _onCancelled(msg) {
     if (this.finished) return;
     this.state = 'cancelled';
+    this.sourceEnd = msg.source_end ?? null;
+    this._settleFlushes(new VoxError('cancelled', `context ${this.context} was cancelled`, { context: this.context }));
     this.summary = { ...msg, cancelled: true, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
     this._emit('cancelled', this.summary);
@@ -231,6 +357,7 @@ export class Utterance extends EventTarget {
     if (this.finished) return;
     this.state = 'error';
     this.error = error;
+    this._settleFlushes(error);
     this._endIteration();
     this._emit('error', error);
     this._reject(error);
@@ -243,6 +370,7 @@ export class TextContext extends Utterance {
     super(client, context, options);
     this._opened = false;
     this._closed = false;
+    this._flushSeq = 0;
     this.charsWritten = 0;
   }
 
@@ -266,12 +394,19 @@ export class TextContext extends Utterance {
     }
     this.client._send(msg);
     this.charsWritten += text.length;
+    this.source += text;
   }
 
-  /** Speak whatever is buffered now; the context stays open. */
-  flush() {
+  /** Speak whatever is buffered now; the context stays open. Resolves with the server's `flushed` once
+   * all audio of the text written before it was sent (flushId: yours, or a generated number). */
+  flush(flushId) {
     this._check('flush');
-    if (this._opened) this.client._send({ type: 'flush', context: this.context });
+    if (!this._opened) return Promise.resolve({ type: 'flushed', context: this.context, flush_id: flushId ?? null });
+    const id = flushId ?? ++this._flushSeq;
+    const p = new Promise((resolve, reject) => this._flushes.set(String(id), { resolve, reject }));
+    p.catch(() => {}); // a flush nobody awaits must not report an unhandled rejection
+    this.client._send({ type: 'flush', context: this.context, flush_id: id });
+    return p;
   }
 
   /** No more text: the server speaks the rest and finishes with `done`. */
@@ -292,7 +427,11 @@ function wireOptions(o) {
   const out = {};
   if (o.format !== undefined) out.format = o.format;
   if (o.sampleRate !== undefined) out.sample_rate = Number(o.sampleRate);
-  if (o.voice !== undefined) out.voice = o.voice;
+  if (o.voice !== undefined && o.voice !== null) out.voice = o.voice;
+  if (o.bitrate !== undefined) out.bitrate = o.bitrate;
+  if (o.normalize !== undefined) out.normalize = !!o.normalize;
+  if (o.language !== undefined) out.language = o.language;
+  if (o.timestamps !== undefined) out.timestamps = o.timestamps;
   if (o.cfgValue !== undefined) out.cfg_value = o.cfgValue;
   if (o.temperature !== undefined) out.temperature = o.temperature;
   if (o.seed !== undefined) out.seed = o.seed;
@@ -392,7 +531,7 @@ export class VoxWS extends EventTarget {
    * context (an id of your own; default: generated). */
   speak(text, options = {}) {
     if (typeof text !== 'string') throw new TypeError('speak(text): text must be a string');
-    const u = new Utterance(this, this._contextId(options), options);
+    const u = new Utterance(this, this._contextId(options), { ...options, text });
     this._send({ type: 'speak', context: u.context, text, ...wireOptions(options) });
     this._contexts.set(u.context, u);
     return u;
@@ -477,6 +616,15 @@ export class VoxWS extends EventTarget {
       case 'start':
         this._streaming = u ?? null;
         u?._onStart(msg);
+        break;
+      case 'segment':
+        u?._onSegment(msg);
+        break;
+      case 'words':
+        u?._onWords(msg);
+        break;
+      case 'flushed':
+        u?._onFlushed(msg);
         break;
       case 'done':
         if (u) {
@@ -696,6 +844,7 @@ export class VoxPlayer extends EventTarget {
     this.stats = null; // PlaybackStats of the last finished utterance
     this._ready = null;
     this._plays = new Map();
+    this._endedAt = new WeakMap(); // utterance -> ms played, once its playback ended
     this._seq = 0;
   }
 
@@ -757,45 +906,86 @@ export class VoxPlayer extends EventTarget {
     this._ready = null;
   }
 
+  /** Whether this browser can play a format: the PCM family and wav always, opus with WebCodecs. */
+  static canPlay(format) {
+    if (format === 'opus') return typeof globalThis.AudioDecoder === 'function';
+    return format !== 'mp3' && FORMATS.includes(format);
+  }
+
   /** Play an utterance as its chunks arrive; resolves with its PlaybackStats when the last sample was
-   * played (or playback was stopped). Utterances played in a row follow each other without a gap. */
+   * played (or playback was stopped). Utterances played in a row follow each other without a gap.
+   * Never rejects and never stays pending on a failure: the stats carry the error. */
   play(utterance) {
     const id = ++this._seq;
+    return new Promise((resolve) => {
+      const entry = { id, utterance, resolve, ctx: null, rate: 0, firstAudibleMs: null, played: 0, buffered: 0, at: 0 };
+      this._plays.set(id, entry);
+      this._run(entry).catch((e) => {
+        entry.error ??= e;
+        if (this.node && this.context === entry.ctx) this.node.port.postMessage({ type: 'stop', id });
+        this._finish(entry, { played: entry.played, underruns: 0, underrunSamples: 0, stopped: true });
+      });
+    });
+  }
+
+  async _run(entry) {
+    const { id, utterance } = entry;
     // Audio queues in the worklet even while the browser holds the context suspended (no gesture yet):
     // it starts on the next resume() instead of play() hanging.
     const ctx = this._prepare(utterance.sampleRate);
-    const ready = this._ready;
-    return new Promise((resolve) => {
-      const entry = { id, utterance, resolve, ctx, rate: ctx.sampleRate, startedFrame: null, firstAudibleMs: null };
-      this._plays.set(id, entry);
-      (async () => {
-        try {
-          await ready;
-        } catch (e) {
-          entry.error = e;
+    Object.assign(entry, { ctx, rate: ctx.sampleRate });
+    try {
+      await this._ready;
+    } catch (e) {
+      entry.error = e;
+    }
+    if (!this._plays.has(id) || this.context !== ctx || !this.node) {
+      this._finish(entry, { played: 0, underruns: 0, underrunSamples: 0, stopped: true });
+      return;
+    }
+    const port = this.node.port;
+    port.postMessage({ type: 'begin', id });
+    const resamplers = new Map(); // source rate -> Resampler: its state carries across chunks
+    const send = (samples, rate) => {
+      if (!this._plays.has(id) || !samples.length) return; // playback stopped: drain without cancelling synthesis
+      if (rate && rate !== ctx.sampleRate) {
+        if (!resamplers.has(rate)) resamplers.set(rate, new Resampler(rate, ctx.sampleRate));
+        samples = resamplers.get(rate).push(samples);
+      }
+      port.postMessage({ type: 'data', id, samples }, [samples.buffer]);
+    };
+    let opus = null;
+    try {
+      for await (const chunk of utterance) {
+        if (!this._plays.has(id)) continue;
+        if (utterance.format === 'opus') {
+          opus ??= new OggOpusDecoder((samples, rate) => send(samples, rate));
+          opus.push(chunk);
+        } else if (isEncoded(utterance.format)) {
+          throw new VoxError('unsupported_format', `VoxPlayer cannot play ${utterance.format}: ask for pcm_s16le or opus`);
+        } else {
+          send(toFloat32(chunk), utterance.sampleRate);
         }
-        if (!this._plays.has(id) || this.context !== ctx || !this.node) {
-          this._finish(entry, { played: 0, underruns: 0, underrunSamples: 0, stopped: true });
-          return;
-        }
-        const port = this.node.port;
-        port.postMessage({ type: 'begin', id });
-        try {
-          for await (const chunk of utterance) {
-            if (!this._plays.has(id)) continue; // playback stopped: drain without cancelling synthesis
-            let samples = toFloat32(chunk);
-            if (utterance.sampleRate && utterance.sampleRate !== ctx.sampleRate) {
-              samples = resampleLinear(samples, utterance.sampleRate, ctx.sampleRate);
-            }
-            port.postMessage({ type: 'data', id, samples }, [samples.buffer]);
-          }
-        } catch (e) {
-          entry.error = e; // play what arrived; the stats carry the error
-        }
-        if (utterance.state === 'cancelled' || utterance.state === 'cancelling') this.stop(utterance);
-        else port.postMessage({ type: 'end', id });
-      })();
-    });
+      }
+      await opus?.flush();
+    } catch (e) {
+      entry.error = e; // play what arrived; the stats carry the error
+    } finally {
+      opus?.close();
+    }
+    if (utterance.state === 'cancelled' || utterance.state === 'cancelling') this.stop(utterance);
+    else port.postMessage({ type: 'end', id });
+  }
+
+  /** How far playback of an utterance has got, in ms of its audio (what the listener hears now);
+   * 0 before it starts, its full length after it ended. */
+  currentTimeMs(utterance) {
+    const entry = [...this._plays.values()].find((e) => e.utterance === utterance);
+    if (!entry) return this._endedAt.get(utterance) ?? 0;
+    if (!entry.rate || !entry.at) return 0;
+    const ahead = Math.min(entry.buffered, ((performance.now() - entry.at) / 1000) * entry.rate);
+    const latency = (this.context?.outputLatency || this.context?.baseLatency || 0) * entry.rate;
+    return (Math.max(0, entry.played + Math.max(0, ahead) - latency) / entry.rate) * 1000;
   }
 
   /** Stop playback now: everything, or one utterance. Does not cancel synthesis (use utterance.cancel()). */
@@ -815,7 +1005,9 @@ export class VoxPlayer extends EventTarget {
   _onWorklet(m) {
     const entry = this._plays.get(m.id);
     if (!entry) return;
+    if (m.played !== undefined) Object.assign(entry, { played: m.played, buffered: m.buffered, at: performance.now() });
     if (m.type === 'started') {
+      entry.at = performance.now();
       entry.firstAudibleMs = this._audibleAt(m.frame) - entry.utterance.sentAt;
       this.dispatchEvent(new CustomEvent('start', { detail: { id: m.id, firstAudibleMs: entry.firstAudibleMs } }));
     } else if (m.type === 'progress') {
@@ -839,7 +1031,7 @@ export class VoxPlayer extends EventTarget {
   }
 
   _stats(entry, m) {
-    const rate = entry.rate;
+    const rate = entry.rate || 1;
     return {
       id: entry.id,
       context: entry.utterance.context,
@@ -859,25 +1051,165 @@ export class VoxPlayer extends EventTarget {
     if (!this._plays.delete(entry.id)) return;
     const stats = this._stats(entry, m);
     this.stats = stats;
+    this._endedAt.set(entry.utterance, stats.playedMs);
     this.dispatchEvent(new CustomEvent('ended', { detail: stats }));
     entry.resolve(stats);
   }
 }
 
-/** Linear-interpolation resampler, only used if a stream's rate differs from the AudioContext's. */
-function resampleLinear(x, from, to) {
-  const n = Math.max(1, Math.round((x.length * to) / from));
-  const out = new Float32Array(n);
-  const step = from / to;
-  for (let i = 0; i < n; i++) {
-    const p = i * step;
-    const j = Math.floor(p);
-    const f = p - j;
-    const a = x[Math.min(j, x.length - 1)];
-    const b = x[Math.min(j + 1, x.length - 1)];
-    out[i] = a + (b - a) * f;
+/** Streaming linear-interpolation resampler, used where a stream's rate differs from the AudioContext's.
+ * It keeps its position and the last sample between chunks, so chunk seams neither click nor drift:
+ * n input samples in any chunking give the same output as one call with all of them. */
+export class Resampler {
+  constructor(from, to) {
+    this.step = from / to;
+    this.pos = 0; // where the next output sample lies, in input samples from the next chunk's start (>= -1)
+    this.prev = 0; // the previous chunk's last sample (index -1)
+  }
+
+  push(x) {
+    const len = x.length;
+    if (!len) return new Float32Array(0);
+    const n = this.pos > len - 1 ? 0 : Math.floor((len - 1 - this.pos) / this.step) + 1;
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const p = this.pos + i * this.step;
+      const j = Math.floor(p);
+      const f = p - j;
+      const a = j < 0 ? this.prev : x[j];
+      const b = j + 1 < len ? x[j + 1] : x[len - 1];
+      out[i] = a + (b - a) * f;
+    }
+    this.pos = this.pos + n * this.step - len;
+    this.prev = x[len - 1];
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ogg Opus
+
+/** Splits an Ogg stream into packets as its bytes arrive (pages may be cut anywhere; packets may span pages). */
+export class OggDemuxer {
+  constructor() {
+    this._buf = new Uint8Array(0);
+    this._partial = []; // segments of a packet continued on the next page
+  }
+
+  /** Feed bytes; returns the packets completed by them (Uint8Array each). */
+  push(bytes) {
+    const buf = new Uint8Array(this._buf.length + bytes.length);
+    buf.set(this._buf);
+    buf.set(bytes, this._buf.length);
+    const packets = [];
+    let o = 0;
+    while (buf.length - o >= 27) {
+      if (buf[o] !== 0x4f || buf[o + 1] !== 0x67 || buf[o + 2] !== 0x67 || buf[o + 3] !== 0x53) {
+        throw new VoxError('bad_audio', 'not an Ogg stream (no OggS page header)');
+      }
+      const nseg = buf[o + 26];
+      if (buf.length - o < 27 + nseg) break;
+      const lacing = buf.subarray(o + 27, o + 27 + nseg);
+      const size = lacing.reduce((a, v) => a + v, 0);
+      if (buf.length - o < 27 + nseg + size) break;
+      let d = o + 27 + nseg;
+      for (const v of lacing) {
+        this._partial.push(buf.subarray(d, d + v));
+        d += v;
+        if (v < 255) packets.push(concat(this._partial.splice(0)));
+      }
+      o = d;
+    }
+    this._buf = buf.slice(o);
+    return packets;
+  }
+}
+
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
   }
   return out;
+}
+
+/** Samples (48 kHz units) in one Opus packet, from its TOC byte (RFC 6716, 3.1). */
+export function opusPacketSamples(packet) {
+  if (!packet.length) return 0;
+  const config = packet[0] >> 3;
+  const size = config < 12 ? [480, 960, 1920, 2880][config & 3] : config < 16 ? [480, 960][config & 1] : [120, 240, 480, 960][config & 3];
+  const code = packet[0] & 3;
+  const frames = code === 0 ? 1 : code === 3 ? (packet[1] ?? 0) & 0x3f : 2;
+  return size * frames;
+}
+
+/** Decodes an Ogg Opus stream with WebCodecs as its bytes arrive: `onSamples(Float32Array, rate)` gets mono
+ * audio in order. The header's pre-skip is dropped, and the last page's granule trims the end. */
+export class OggOpusDecoder {
+  constructor(onSamples) {
+    if (typeof globalThis.AudioDecoder !== 'function') {
+      throw new VoxError('unsupported_format', 'this browser has no WebCodecs AudioDecoder for Opus');
+    }
+    this.onSamples = onSamples;
+    this.demuxer = new OggDemuxer();
+    this.head = null; // {channels, preSkip, inputRate}
+    this.packets = 0;
+    this.error = null;
+    this._t = 0; // microseconds at 48 kHz
+    this._skip = 0;
+    this.decoder = new AudioDecoder({
+      output: (data) => this._output(data),
+      error: (e) => {
+        this.error = e;
+      },
+    });
+  }
+
+  push(bytes) {
+    if (this.error) throw this.error;
+    for (const packet of this.demuxer.push(bytes)) {
+      this.packets += 1;
+      if (this.packets === 1) {
+        const tag = String.fromCharCode(...packet.subarray(0, 8));
+        if (tag !== 'OpusHead') throw new VoxError('bad_audio', 'an Ogg stream that is not Opus');
+        const v = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
+        this.head = { channels: packet[9], preSkip: v.getUint16(10, true), inputRate: v.getUint32(12, true) };
+        this._skip = this.head.preSkip;
+        this.decoder.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: this.head.channels, description: packet });
+        continue;
+      }
+      if (this.packets === 2) continue; // OpusTags
+      const duration = (opusPacketSamples(packet) / 48000) * 1e6;
+      this.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: this._t, duration, data: packet }));
+      this._t += duration;
+    }
+  }
+
+  _output(data) {
+    try {
+      const n = data.numberOfFrames;
+      const mono = new Float32Array(n);
+      data.copyTo(mono, { planeIndex: 0, format: 'f32-planar' });
+      // Pre-skip is counted at 48 kHz; scale it when the decoder gives another rate.
+      const skip = Math.min(n, Math.round((this._skip * data.sampleRate) / 48000));
+      this._skip -= Math.round((skip * 48000) / data.sampleRate);
+      if (skip < n) this.onSamples(skip ? mono.subarray(skip).slice() : mono, data.sampleRate);
+    } finally {
+      data.close();
+    }
+  }
+
+  /** Wait for every packet pushed so far to be decoded. */
+  async flush() {
+    if (this.decoder.state === 'configured') await this.decoder.flush();
+    if (this.error) throw this.error;
+  }
+
+  close() {
+    if (this.decoder.state !== 'closed') this.decoder.close();
+  }
 }
 
 export default VoxWS;
