@@ -919,7 +919,6 @@ export class VoxPlayer extends EventTarget {
     const id = ++this._seq;
     return new Promise((resolve) => {
       const entry = { id, utterance, resolve, ctx: null, rate: 0, firstAudibleMs: null, played: 0, buffered: 0, at: 0 };
-      this._plays.set(id, entry);
       this._run(entry).catch((e) => {
         entry.error ??= e;
         if (this.node && this.context === entry.ctx) this.node.port.postMessage({ type: 'stop', id });
@@ -932,8 +931,9 @@ export class VoxPlayer extends EventTarget {
     const { id, utterance } = entry;
     // Audio queues in the worklet even while the browser holds the context suspended (no gesture yet):
     // it starts on the next resume() instead of play() hanging.
-    const ctx = this._prepare(utterance.sampleRate);
+    const ctx = this._prepare(utterance.sampleRate); // may replace the context: registered after
     Object.assign(entry, { ctx, rate: ctx.sampleRate });
+    this._plays.set(id, entry);
     try {
       await this._ready;
     } catch (e) {
@@ -968,6 +968,10 @@ export class VoxPlayer extends EventTarget {
         }
       }
       await opus?.flush();
+      for (const r of resamplers.values()) {
+        const tail = r.flush();
+        if (tail.length) port.postMessage({ type: 'data', id, samples: tail }, [tail.buffer]);
+      }
     } catch (e) {
       entry.error = e; // play what arrived; the stats carry the error
     } finally {
@@ -1048,7 +1052,9 @@ export class VoxPlayer extends EventTarget {
   }
 
   _finish(entry, m) {
-    if (!this._plays.delete(entry.id)) return;
+    if (entry.settled) return;
+    entry.settled = true;
+    this._plays.delete(entry.id);
     const stats = this._stats(entry, m);
     this.stats = stats;
     this._endedAt.set(entry.utterance, stats.playedMs);
@@ -1083,6 +1089,13 @@ export class Resampler {
     this.pos = this.pos + n * this.step - len;
     this.prev = x[len - 1];
     return out;
+  }
+
+  /** The end of the stream: the samples due before the last input sample's period ends (held at its value). */
+  flush() {
+    const n = Math.max(0, Math.ceil(-this.pos / this.step));
+    this.pos += n * this.step;
+    return new Float32Array(n).fill(this.prev);
   }
 }
 
