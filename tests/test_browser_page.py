@@ -65,6 +65,10 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
     def _console(self, m: ConsoleMessage) -> None:
+        # The page probes GET /v1/voices; until the server has voice routes Chromium logs that 404 (lead: drop
+        # this once they land).
+        if m.type == "error" and m.location.get("url", "").endswith("/v1/voices") and "404" in m.text:
+            return
         if m.type == "error":
             self.errors.append(f"console: {m.text}")
 
@@ -290,7 +294,7 @@ def test_the_word_being_heard_is_highlighted_in_order(browser: Browser, server: 
     marks = state["highlights"]
     assert words, "the server sent no word timestamps"
     # Every word was marked, in order, and the mark is exactly the word's characters (code points).
-    assert [[m["start"], m["end"]] for m in marks] == [[s, e] for s, e, _ in words]
+    assert [[m["start"], m["end"]] for m in marks] == [[s, e] for s, e, _ in words], (marks, words)
     for m in marks:
         assert m["text"] == text[m["start"]:m["end"]]
     # The mark follows the playhead, not the words' arrival: a word is marked once the player is past its start,

@@ -328,9 +328,9 @@ function follow(u, text) {
       demo.highlights.push({ start: w.sourceStart, end: w.sourceEnd, text: text.slice(a, b), playedMs: ms,
         wordMs: w.startMs, at: performance.now() });
     }
-    requestAnimationFrame(tick);
+    setTimeout(tick, 10); // a timer, not requestAnimationFrame: short words survive a slow frame
   };
-  requestAnimationFrame(tick);
+  tick();
 }
 
 // Without word timestamps (an older server), mark the whole segment.
