@@ -370,12 +370,16 @@ def test_play_settles_when_something_throws(browser: Browser, server: int) -> No
         const player = new vox.VoxPlayer();
         const fake = (props, iterate) => Object.assign(new EventTarget(), { context: 'x', sentAt: performance.now(),
           state: 'streaming', format: 'pcm_s16le', sampleRate: 16000, ...props, [Symbol.asyncIterator]: iterate });
-        const settle = (p) => Promise.race([p.then((s) => ({ error: s.error ? String(s.error) : null, stopped: s.stopped })),
-                                            new Promise((r) => setTimeout(() => r('pending'), 5000))]);
+        const settle = (p) => Promise.race([
+          p.then((s) => ({ error: s.error ? String(s.error) : null, stopped: s.stopped })),
+          new Promise((r) => setTimeout(() => r('pending'), 5000))]);
         return {
           // the iterator throws at once, after a chunk, or hands over something that is not audio
           sync: await settle(player.play(fake({}, () => { throw new Error('boom'); }))),
-          later: await settle(player.play(fake({}, async function* () { yield new Int16Array(800); throw new Error('late'); }))),
+          later: await settle(player.play(fake({}, async function* () {
+            yield new Int16Array(800);
+            throw new Error('late');
+          }))),
           garbage: await settle(player.play(fake({}, async function* () { yield null; }))),
           // an AudioContext rate the browser refuses
           rate: await settle(player.play(fake({ sampleRate: 1 }, async function* () {}))),
@@ -450,8 +454,9 @@ def ogg_opus_tone(tmp_path: Path, seconds: float = 2.0, freq: int = 440) -> byte
     if not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed: it makes the Ogg Opus test file")
     out = tmp_path / "tone.opus"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=frequency={freq}:duration={seconds}:sample_rate=48000",
-                    "-ac", "1", "-c:a", "libopus", "-b:a", "48k", "-page_duration", "100000", str(out)], check=True)
+    tone = f"sine=frequency={freq}:duration={seconds}:sample_rate=48000"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", tone, "-ac", "1", "-c:a", "libopus", "-b:a", "48k",
+                    "-page_duration", "100000", str(out)], check=True)
     return out.read_bytes()
 
 
@@ -492,7 +497,9 @@ def test_opus_from_the_server_plays_with_less_bandwidth(browser: Browser, server
     page = blank(browser, server)
     out = js(page, """
         const client = await vox.VoxWS.connect();
-        if (!client.ready.formats.includes('opus')) return { skip: 'the server does not offer opus yet (ready.formats)' };
+        if (!client.ready.formats.includes('opus')) {
+          return { skip: 'the server does not offer opus yet (ready.formats)' };
+        }
         if (!vox.VoxPlayer.canPlay('opus')) return { skip: 'no WebCodecs AudioDecoder in this Chromium' };
         const player = new vox.VoxPlayer();
         const text = 'Compressed audio, decoded in the browser as it arrives.';

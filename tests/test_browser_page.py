@@ -290,7 +290,7 @@ def test_the_word_being_heard_is_highlighted_in_order(browser: Browser, server: 
     page.fill("#text", text)
     state = speak_and_wait(page)
     assert state["error"] is None, state["error"]
-    words = page.evaluate("""() => { const u = window.voxLast; return u.words.map((w) => [w.sourceStart, w.sourceEnd, w.startMs]); }""")
+    words = page.evaluate("() => window.voxLast.words.map((w) => [w.sourceStart, w.sourceEnd, w.startMs])")
     marks = state["highlights"]
     assert words, "the server sent no word timestamps"
     # Every word was marked, in order, and the mark is exactly the word's characters (code points).
@@ -317,8 +317,8 @@ def wav_tone(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
 
     n = int(seconds * rate)
     frames = b"".join(
-        struct.pack("<h", int(12000 * math.sin(2 * math.pi * 220 * i / rate) * (0.5 + 0.5 * math.sin(2 * math.pi * 4 * i / rate))))
-        for i in range(n))
+        struct.pack("<h", int(12000 * math.sin(2 * math.pi * 220 * t) * (0.5 + 0.5 * math.sin(2 * math.pi * 4 * t))))
+        for t in (i / rate for i in range(n)))
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -329,8 +329,8 @@ def wav_tone(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
 
 def test_record_a_voice_and_speak_with_it(pw: Playwright, server: int, tmp_path: Path) -> None:
     mic = wav_tone(tmp_path / "mic.wav")
-    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS + [
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        *CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={mic}"])
     try:
         page, console = open_page(b, server)
@@ -360,3 +360,21 @@ def test_record_a_voice_and_speak_with_it(pw: Playwright, server: int, tmp_path:
         page.close()
     finally:
         b.close()
+
+
+def test_opus_plays_with_a_fraction_of_the_bandwidth(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    if "opus" not in demo(page, ".ready.formats"):
+        pytest.skip("the server does not offer opus yet (ready.formats)")
+    if not page.evaluate("typeof AudioDecoder === 'function'"):
+        pytest.skip("no WebCodecs AudioDecoder in this Chromium")
+    page.fill("#text", "Compressed speech takes a fraction of the bytes.")
+    page.select_option("#format", "opus")
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    assert state["playback"]["error"] is None and state["playback"]["samplesPlayed"] > 0
+    bw = state["bandwidth"]
+    assert bw["format"] == "opus" and 0 < bw["bytes"] < bw["pcmBytes"] / 4
+    assert "% of PCM" in page.inner_text("#f-bandwidth")
+    assert console.errors == []
+    page.close()

@@ -272,7 +272,7 @@ function watch(u) {
     log(`start ${u.context}: ${e.detail.format} ${e.detail.sample_rate} Hz`);
   });
   u.addEventListener('chunk', (e) => {
-    addToWave(e.detail);
+    if (!(e.detail instanceof Uint8Array)) addToWave(e.detail); // encoded bytes are not a waveform
     if (u.chunks === 1) {
       $('f-ttfb').innerHTML = fmtMs(u.ttfbMs);
       if (demo.llm) demo.llm.charsAtFirstAudio = u.charsWritten;

@@ -1159,7 +1159,8 @@ export function opusPacketSamples(packet) {
 }
 
 /** Decodes an Ogg Opus stream with WebCodecs as its bytes arrive: `onSamples(Float32Array, rate)` gets mono
- * audio in order. The header's pre-skip is dropped, and the last page's granule trims the end. */
+ * audio in order. The header's pre-skip is dropped (the end is not trimmed to the last granule: at most one
+ * 20 ms frame of encoder padding may follow the speech). */
 export class OggOpusDecoder {
   constructor(onSamples) {
     if (typeof globalThis.AudioDecoder !== 'function') {
