@@ -1,5 +1,5 @@
 // The voxws demo page: everything it does goes through voxws.js, as another page would.
-import { VoxPlayer, VoxWS, utf16Offsets } from './voxws.js';
+import { OPUS_RATES, VoxPlayer, VoxWS, utf16Offsets } from './voxws.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -219,7 +219,9 @@ async function speak() {
     $('text').focus();
     return;
   }
-  const rate = $('rate').value ? Number($('rate').value) : demo.ready?.sample_rate;
+  let rate = $('rate').value ? Number($('rate').value) : demo.ready?.sample_rate;
+  // Opus has its own rates (48 kHz unless one of them was picked).
+  if ($('format').value === 'opus' && !OPUS_RATES.includes(rate)) rate = 48000;
   player.resume(rate).catch(() => {}); // inside the click, so the browser lets audio start
   banner(null);
   demo.error = null;
@@ -230,7 +232,7 @@ async function speak() {
   try {
     const c = client?.connected ? client : await connect();
     const options = { format: $('format').value, timestamps: 'word' };
-    if ($('rate').value) options.sampleRate = Number($('rate').value);
+    if (rate !== demo.ready?.sample_rate) options.sampleRate = rate;
     if ($('voice').value) options.voice = $('voice').value;
     const llm = $('llm').checked;
     const u = llm ? c.open(options) : c.speak(text, options);
