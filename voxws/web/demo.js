@@ -296,7 +296,8 @@ function showBandwidth(u, d) {
   const pcmBytes = Math.round((d.audio_ms / 1000) * (u.sampleRate || 0) * 2);
   demo.bandwidth = { bytes: u.bytes, pcmBytes, format: u.format };
   const pct = pcmBytes ? Math.round((u.bytes / pcmBytes) * 100) : 0;
-  $('f-bandwidth').innerHTML = `${(u.bytes / 1024).toFixed(0)}<small> kB · ${pct}% of PCM</small>`;
+  $('f-bandwidth').innerHTML = `${(u.bytes / 1024).toFixed(0)}<small> kB · ${pct}%</small>`;
+  $('f-bandwidth').title = `${pct}% of what 16-bit PCM at ${u.sampleRate} Hz takes`;
 }
 
 // --- the word being heard -------------------------------------------------------------------------
