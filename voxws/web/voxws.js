@@ -987,7 +987,10 @@ export class VoxPlayer extends EventTarget {
     const entry = [...this._plays.values()].find((e) => e.utterance === utterance);
     if (!entry) return this._endedAt.get(utterance) ?? 0;
     if (!entry.rate || !entry.at) return 0;
-    const ahead = Math.min(entry.buffered, ((performance.now() - entry.at) / 1000) * entry.rate);
+    // Extrapolate from the worklet's last report (every 50 ms), but never past what it holds, nor by more than
+    // 100 ms: if the audio thread stalls, the playhead waits instead of running ahead and back.
+    const elapsed = Math.min((performance.now() - entry.at) / 1000, 0.1);
+    const ahead = Math.min(entry.buffered, elapsed * entry.rate);
     const latency = (this.context?.outputLatency || this.context?.baseLatency || 0) * entry.rate;
     return (Math.max(0, entry.played + Math.max(0, ahead) - latency) / entry.rate) * 1000;
   }
