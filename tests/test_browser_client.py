@@ -311,3 +311,210 @@ def test_the_docs_snippet_works_from_another_origin(browser: Browser, server: in
     finally:
         other.shutdown()
         other.server_close()
+
+
+def test_protocol_constants_match_the_server(browser: Browser, server: int) -> None:  # noqa: F811
+    from voxws import config, protocol
+
+    page = blank(browser, server)
+    out = js(page, """return { protocol: vox.PROTOCOL, codes: vox.ERROR_CODES, formats: vox.FORMATS,
+                              rates: vox.SAMPLE_RATES, ready: (await vox.VoxWS.connect()).ready };""")
+    assert out["protocol"] == protocol.PROTOCOL
+    assert out["codes"] == protocol.ERROR_CODES  # every code, with the close code that follows it
+    assert out["rates"] == list(config.SAMPLE_RATES)
+    # voxws.js knows every format of the protocol; the server offers a subset of them.
+    assert set(config.FORMATS) <= set(out["formats"]) == {"pcm_s16le", "pcm_f32le", "pcm_mulaw", "wav", "mp3", "opus"}
+    assert set(out["ready"]["formats"]) <= set(out["formats"])
+    page.close()
+
+
+def test_resampler_keeps_its_state_across_chunks(browser: Browser, server: int) -> None:  # noqa: F811
+    page = blank(browser, server)
+    out = js(page, """
+        // A 440 Hz tone at 22050 Hz, cut into uneven chunks (as frames arrive), resampled to 48 kHz.
+        const from = 22050, to = 48000, f = 440, total = 22050 * 2;
+        const tone = new Float32Array(total).map((_, i) => Math.sin(2 * Math.PI * f * i / from));
+        const r = new vox.Resampler(from, to);
+        const parts = [];
+        let o = 0, k = 0;
+        while (o < total) {
+          const n = Math.min(total - o, [7056, 313, 1, 2205, 4096, 17][k++ % 6]);
+          parts.push(r.push(tone.subarray(o, o + n)));
+          o += n;
+        }
+        parts.push(r.flush());  // the end of the stream: the last input sample's period
+        const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+        o = 0;
+        for (const p of parts) { out.set(p, o); o += p.length; }
+        const w = new vox.Resampler(from, to);
+        const whole = [...w.push(tone), ...w.flush()];
+        let err = 0, jump = 0, same = 0;
+        for (let i = 0; i < out.length; i++) {
+          if (i < out.length - 3) err = Math.max(err, Math.abs(out[i] - Math.sin(2 * Math.PI * f * i / to)));
+          if (i) jump = Math.max(jump, Math.abs(out[i] - out[i - 1]));
+          same = Math.max(same, Math.abs(out[i] - whole[i]));
+        }
+        return { n: out.length, expected: total * to / from, err, jump, same, wholeN: whole.length,
+                 maxStep: 2 * Math.PI * f / to };
+    """)
+    assert abs(out["n"] - out["expected"]) <= 1  # no drift: the length is the rate ratio's
+    assert out["wholeN"] == out["n"] and out["same"] < 1e-6  # chunking changes nothing
+    assert out["err"] < 0.01  # it is the tone, at the new rate, from the first sample to the last
+    assert out["jump"] <= out["maxStep"] * 1.01  # no click at any seam: no step steeper than the tone's own
+    page.close()
+
+
+def test_play_settles_when_something_throws(browser: Browser, server: int) -> None:  # noqa: F811
+    page = blank(browser, server)
+    out = js(page, """
+        const player = new vox.VoxPlayer();
+        const fake = (props, iterate) => Object.assign(new EventTarget(), { context: 'x', sentAt: performance.now(),
+          state: 'streaming', format: 'pcm_s16le', sampleRate: 16000, ...props, [Symbol.asyncIterator]: iterate });
+        const settle = (p) => Promise.race([
+          p.then((s) => ({ error: s.error ? String(s.error) : null, stopped: s.stopped })),
+          new Promise((r) => setTimeout(() => r('pending'), 5000))]);
+        return {
+          // the iterator throws at once, after a chunk, or hands over something that is not audio
+          sync: await settle(player.play(fake({}, () => { throw new Error('boom'); }))),
+          later: await settle(player.play(fake({}, async function* () {
+            yield new Int16Array(800);
+            throw new Error('late');
+          }))),
+          garbage: await settle(player.play(fake({}, async function* () { yield null; }))),
+          // an AudioContext rate the browser refuses
+          rate: await settle(player.play(fake({ sampleRate: 1 }, async function* () {}))),
+          // an encoded format this player cannot play
+          mp3: await settle(player.play(fake({ format: 'mp3' }, async function* () { yield new Uint8Array(10); }))),
+        };
+    """)
+    for key, value in out.items():
+        assert value != "pending", key
+        assert value["error"], (key, value)
+    page.close()
+
+
+def test_segments_words_and_flush_acknowledgements(browser: Browser, server: int) -> None:  # noqa: F811
+    page = blank(browser, server)
+    text = "Hello 😀 world, 会议定于三月五日。 Second sentence here! And a third one."
+    out = js(page, """
+        const client = await vox.VoxWS.connect();
+        const seen = { onSegment: 0, onWords: 0, events: [] };
+        const u = client.speak(arg, { timestamps: 'word', normalize: true, language: 'auto',
+          onSegment: () => seen.onSegment++, onWords: () => seen.onWords++ });
+        for (const t of ['segment', 'words']) u.addEventListener(t, () => seen.events.push(t));
+        for await (const _ of u) {}
+        const summary = await u.done;
+        const slice = (s, e) => vox.sourceSlice(arg, s, e);
+        // Incremental: flush ids come back as promises; a cancelled context says where its audio stops.
+        const ctx = client.open({ timestamps: 'word' });
+        ctx.write('First part is here. ');
+        const f1 = await ctx.flush('one');
+        ctx.write('Second part comes next.');
+        const f2 = await ctx.flush();
+        ctx.write(' ' + arg.repeat(6));
+        await new Promise((r) => ctx.addEventListener('chunk', r, { once: true }));
+        ctx.cancel();
+        const cancelled = await ctx.done;
+        return {
+          ready: 'default_voice' in client.ready, seen,
+          segments: u.segments.map((s) => ({ text: s.text, slice: slice(s.source_start, s.source_end),
+                                            start: s.audio_start_ms, range: [s.source_start, s.source_end] })),
+          words: u.words.map((w) => ({ word: w.word, slice: slice(w.sourceStart, w.sourceEnd), start: w.startMs,
+                                      end: w.endMs, range: [w.sourceStart, w.sourceEnd] })),
+          summary, voice: u.voice, f1: f1.flush_id, f2: f2.flush_id,
+          cancelled: { end: ctx.sourceEnd, summary: cancelled.source_end, source: ctx.source.length },
+          mid: u.wordAt(summary.audio_ms / 2)?.word ?? null,
+        };
+    """, text)
+    assert out["ready"] is True
+    assert out["summary"]["voice"] is None and out["voice"] is None  # no voices yet: the model's own
+    segs, words = out["segments"], out["words"]
+    assert len(segs) == out["summary"]["segments"] == out["seen"]["onSegment"] >= 1
+    for s in segs:
+        assert s["text"] == s["slice"] == text[s["range"][0]:s["range"][1]]  # code points, as the server counts
+    assert [s["start"] for s in segs] == sorted(s["start"] for s in segs)
+    assert words and out["seen"]["onWords"] >= 1
+    for w in words:
+        assert w["word"] == w["slice"] == text[w["range"][0]:w["range"][1]]
+        assert 0 <= w["start"] <= w["end"] <= out["summary"]["audio_ms"]
+    assert [w["range"][0] for w in words] == sorted(w["range"][0] for w in words)
+    assert "world," in [w["word"] for w in words]  # offsets after the emoji (two UTF-16 units, one code point)
+    assert out["mid"] in [w["word"] for w in words]
+    assert out["f1"] == "one" and out["f2"] == 1
+    assert out["cancelled"]["end"] == out["cancelled"]["summary"]
+    assert 0 <= out["cancelled"]["end"] <= out["cancelled"]["source"]
+    page.close()
+
+
+def ogg_opus_tone(tmp_path: Path, seconds: float = 2.0, freq: int = 440) -> bytes:
+    """A mono Ogg Opus file of a tone, made by ffmpeg (libopus), as the server's `opus` frames concatenate to."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed: it makes the Ogg Opus test file")
+    out = tmp_path / "tone.opus"
+    tone = f"sine=frequency={freq}:duration={seconds}:sample_rate=48000"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", tone, "-ac", "1", "-c:a", "libopus", "-b:a", "48k",
+                    "-page_duration", "100000", str(out)], check=True)
+    return out.read_bytes()
+
+
+def test_ogg_opus_decodes_as_its_bytes_arrive(browser: Browser, server: int, tmp_path: Path) -> None:  # noqa: F811
+    import base64
+
+    data = ogg_opus_tone(tmp_path)
+    page = blank(browser, server)
+    out = js(page, """
+        if (!vox.VoxPlayer.canPlay('opus')) return { skip: 'no WebCodecs AudioDecoder in this Chromium' };
+        const bytes = Uint8Array.from(atob(arg), (c) => c.charCodeAt(0));
+        const parts = [];
+        let rate = null;
+        const d = new vox.OggOpusDecoder((s, r) => { parts.push(s); rate = r; });
+        // Cut anywhere: pages split across pushes must still decode.
+        for (let o = 0; o < bytes.length; o += 777) d.push(bytes.subarray(o, o + 777));
+        await d.flush();
+        d.close();
+        const all = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+        let o = 0;
+        for (const p of parts) { all.set(p, o); o += p.length; }
+        let crossings = 0;
+        for (let i = 1; i < all.length; i++) if (all[i - 1] < 0 && all[i] >= 0) crossings++;
+        const peak = all.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+        return { n: all.length, rate, crossings, peak, head: d.head, packets: d.packets };
+    """, base64.b64encode(data).decode())
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert out["head"]["channels"] == 1 and out["head"]["preSkip"] > 0
+    seconds = out["n"] / out["rate"]
+    assert 2.0 <= seconds <= 2.0 + 0.03  # all of it, pre-skip dropped (the last packet may carry padding)
+    assert abs(out["crossings"] / seconds - 440) < 5  # the tone, at its pitch
+    assert out["peak"] > 0.1  # ffmpeg's sine is at 1/8 of full scale
+    page.close()
+
+
+def test_opus_from_the_server_plays_with_less_bandwidth(browser: Browser, server: int) -> None:  # noqa: F811
+    page = blank(browser, server)
+    out = js(page, """
+        const client = await vox.VoxWS.connect();
+        if (!client.ready.formats.includes('opus')) {
+          return { skip: 'the server does not offer opus yet (ready.formats)' };
+        }
+        if (!vox.VoxPlayer.canPlay('opus')) return { skip: 'no WebCodecs AudioDecoder in this Chromium' };
+        const player = new vox.VoxPlayer();
+        const text = 'Compressed audio, decoded in the browser as it arrives.';
+        const u = client.speak(text, { format: 'opus', sampleRate: 48000 });
+        const stats = await player.play(u);
+        const p = client.speak(text, { sampleRate: 48000 });
+        for await (const _ of p) {}
+        return { stats: { ...stats, error: stats.error && String(stats.error) }, summary: await u.done,
+                 opusBytes: u.bytes, pcmBytes: p.bytes, types: u.chunks };
+    """)
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    st = out["stats"]
+    assert st["error"] is None and st["underruns"] == 0
+    played_ms = st["playedMs"]
+    assert abs(played_ms - out["summary"]["audio_ms"]) < 30  # all of it (Opus frames are 20 ms)
+    assert out["opusBytes"] < out["pcmBytes"] / 4
+    page.close()

@@ -66,6 +66,10 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
     def _console(self, m: ConsoleMessage) -> None:
+        # The page probes GET /v1/voices; until the server has voice routes Chromium logs that 404 (lead: drop
+        # this once they land).
+        if m.type == "error" and m.location.get("url", "").endswith("/v1/voices") and "404" in m.text:
+            return
         if m.type == "error":
             self.errors.append(f"console: {m.text}")
 
@@ -235,7 +239,7 @@ def test_busy_server_shows_a_message(browser: Browser) -> None:
         json.loads(other.recv(timeout=30))  # ready
         other.send(json.dumps({"type": "speak", "context": "hog", "text": LONG_TEXT[:300]}))
         while not isinstance(frame := other.recv(timeout=30), bytes):
-            assert json.loads(frame)["type"] in ("start", "queued"), frame
+            assert json.loads(frame)["type"] in ("start", "queued", "segment"), frame
         page, _ = open_page(browser, port)
         page.fill("#text", "Am I next?")
         page.click("#speak")
@@ -279,3 +283,105 @@ def test_idle_disconnect_is_calm_and_speak_reconnects(browser: Browser) -> None:
         assert state["playback"]["samplesPlayed"] > 0
         assert console.errors == []
         page.close()
+
+
+def test_the_word_being_heard_is_highlighted_in_order(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    text = "Words light up 😀 as they are heard, one after another. 会议开始了。 The end."
+    page.fill("#text", text)
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    words = page.evaluate("() => window.voxLast.words.map((w) => [w.sourceStart, w.sourceEnd, w.startMs])")
+    marks = state["highlights"]
+    assert words, "the server sent no word timestamps"
+    # The words were marked in order, from the first to the last, and the mark is exactly the word's characters
+    # (code points). A word is skipped only when the page's 10 ms timer stalls for longer than the word lasts
+    # (~120 ms at least), which a loaded 2-core CI box does now and then: most words must be marked.
+    ranges = [[s, e] for s, e, _ in words]
+    marked = [[m["start"], m["end"]] for m in marks]
+    assert marked[0] == ranges[0] and marked[-1] == ranges[-1], (marks, words)
+    assert all(r in ranges for r in marked) and marked == sorted(marked, key=ranges.index), (marks, words)
+    assert len(set(map(tuple, marked))) == len(marked) >= 0.8 * len(ranges), (marks, words)
+    for m in marks:
+        assert m["text"] == text[m["start"]:m["end"]]
+    # The mark follows the playhead, not the words' arrival: a word is marked once the player is past its start,
+    # and marking the last word took at least as long (wall clock) as the audio between the first and the last.
+    for m in marks:
+        assert m["playedMs"] >= m["wordMs"]
+    assert marks[-1]["at"] - marks[0]["at"] >= (marks[-1]["wordMs"] - marks[0]["wordMs"]) * 0.95
+    assert page.inner_text("#read-word") == text[marks[-1]["start"]:marks[-1]["end"]]
+    page.click("#reading")  # back to the editable box
+    assert page.is_visible("#text")
+    assert console.errors == []
+    page.close()
+
+
+def wav_tone(path: Path, seconds: float = 6.0, rate: int = 48000) -> Path:
+    """A speech-like test signal (a tone with syllable-rate bursts) for Chromium's fake microphone."""
+    import math
+    import struct
+    import wave
+
+    n = int(seconds * rate)
+    frames = b"".join(
+        struct.pack("<h", int(12000 * math.sin(2 * math.pi * 220 * t) * (0.5 + 0.5 * math.sin(2 * math.pi * 4 * t))))
+        for t in (i / rate for i in range(n)))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return path
+
+
+def test_record_a_voice_and_speak_with_it(pw: Playwright, server: int, tmp_path: Path) -> None:
+    mic = wav_tone(tmp_path / "mic.wav")
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        *CHROMIUM_FLAGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}"])
+    try:
+        page, console = open_page(b, server)
+        page.click("#record summary")
+        page.click("#rec-start")
+        page.wait_for_function("document.getElementById('rec-state').textContent.includes('recording… 3')")
+        page.click("#rec-start")
+        page.wait_for_function("window.voxDemo.recording")
+        rec = demo(page, ".recording")
+        assert rec["type"].startswith("audio/webm") and rec["bytes"] > 1000 and rec["ms"] >= 3000
+        if demo(page, ".voices") is None:
+            pytest.skip("the server has no /v1/voices yet (GET /v1/voices answers 404): upload untested")
+        page.fill("#rec-name", "Test voice")
+        page.click("#rec-save")
+        page.wait_for_function("window.voxDemo.savedVoice || window.voxDemo.error")
+        state = demo(page)
+        assert state["error"] is None, state["error"]
+        saved = state["savedVoice"]
+        assert saved["name"] == "Test voice" and 3 <= saved["duration_s"] <= 31
+        assert saved["id"] in page.eval_on_selector_all("#voice option", "os => os.map(o => o.value)")
+        assert page.input_value("#voice") == saved["id"]
+        page.fill("#text", "Now in my own voice.")
+        state = speak_and_wait(page)
+        assert state["error"] is None, state["error"]
+        assert state["summary"]["voice"] == saved["id"]
+        assert console.errors == []
+        page.close()
+    finally:
+        b.close()
+
+
+def test_opus_plays_with_a_fraction_of_the_bandwidth(browser: Browser, server: int) -> None:
+    page, console = open_page(browser, server)
+    if "opus" not in demo(page, ".ready.formats"):
+        pytest.skip("the server does not offer opus yet (ready.formats)")
+    if not page.evaluate("typeof AudioDecoder === 'function'"):
+        pytest.skip("no WebCodecs AudioDecoder in this Chromium")
+    page.fill("#text", "Compressed speech takes a fraction of the bytes.")
+    page.select_option("#format", "opus")
+    state = speak_and_wait(page)
+    assert state["error"] is None, state["error"]
+    assert state["playback"]["error"] is None and state["playback"]["samplesPlayed"] > 0
+    bw = state["bandwidth"]
+    assert bw["format"] == "opus" and 0 < bw["bytes"] < bw["pcmBytes"] / 4
+    assert "% of what 16-bit PCM" in (page.get_attribute("#f-bandwidth", "title") or "")
+    assert console.errors == []
+    page.close()

@@ -1,9 +1,11 @@
 // The voxws demo page: everything it does goes through voxws.js, as another page would.
-import { VoxPlayer, VoxWS } from './voxws.js';
+import { OPUS_RATES, VoxPlayer, VoxWS, utf16Offsets } from './voxws.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const FORMAT_NAMES = { pcm_s16le: '16-bit PCM', pcm_f32le: '32-bit float', pcm_mulaw: 'μ-law 8-bit' };
+const FORMAT_NAMES = {
+  pcm_s16le: '16-bit PCM', pcm_f32le: '32-bit float', pcm_mulaw: 'μ-law 8-bit', wav: 'WAV', opus: 'Opus (compressed)',
+};
 const LLM_PIECE_MS = Number(params.get('llm_ms')) || 45; // pace of the "LLM" typing, per piece
 
 // State the page shows, also read by the browser tests.
@@ -15,6 +17,11 @@ const demo = {
   playback: null,
   error: null,
   llm: null, // { totalChars, charsAtFirstAudio }
+  highlights: [], // every word highlighted, in order: { start, end, text, playedMs, wordMs, at }
+  bandwidth: null, // { bytes, pcmBytes } of the last utterance
+  voices: null, // GET /v1/voices answer, or null while the server has no voice routes
+  recording: null, // { bytes, type, ms } of the last recording
+  savedVoice: null, // the voice object the last upload created
 };
 window.voxDemo = demo;
 
@@ -127,8 +134,10 @@ function fillChoices(ready) {
   const rate = $('rate');
   const keepFmt = fmt.value;
   const keepRate = rate.value;
-  fmt.replaceChildren(...ready.formats.map((f) => new Option(FORMAT_NAMES[f] ?? f, f)));
-  fmt.value = ready.formats.includes(keepFmt) ? keepFmt : ready.formats[0];
+  // Only what this browser can play: Opus needs WebCodecs, MP3 is left to <audio> (HTTP API).
+  const playable = ready.formats.filter((f) => VoxPlayer.canPlay(f));
+  fmt.replaceChildren(...playable.map((f) => new Option(FORMAT_NAMES[f] ?? f, f)));
+  fmt.value = playable.includes(keepFmt) ? keepFmt : playable[0];
   const khz = (r) => `${(r / 1000).toLocaleString('en', { maximumFractionDigits: 2 })} kHz`;
   rate.replaceChildren(
     new Option(`native (${khz(ready.sample_rate)})`, ''),
@@ -154,6 +163,7 @@ function connect() {
       demo.connected = true;
       demo.ready = c.ready;
       fillChoices(c.ready);
+      loadVoices().catch((err) => log(`voices: ${err.message}`));
       const r = c.ready;
       status('connected', `${r.group} · ${r.engine}`);
       $('server-info').textContent = `${r.server} · ${r.engine} · ${r.model} · ${r.sample_rate} Hz`;
@@ -190,7 +200,7 @@ function connect() {
 const fmtMs = (ms) => (ms == null ? '–' : `${Math.round(ms)}<small> ms</small>`);
 
 function resetFigures() {
-  for (const id of ['f-ttfb', 'f-audible', 'f-audio', 'f-underruns', 'f-chunks']) $(id).textContent = '–';
+  for (const id of ['f-ttfb', 'f-audible', 'f-audio', 'f-underruns', 'f-chunks', 'f-bandwidth']) $(id).textContent = '–';
 }
 
 function setSpeaking(on) {
@@ -209,7 +219,9 @@ async function speak() {
     $('text').focus();
     return;
   }
-  const rate = $('rate').value ? Number($('rate').value) : demo.ready?.sample_rate;
+  let rate = $('rate').value ? Number($('rate').value) : demo.ready?.sample_rate;
+  // Opus has its own rates (48 kHz unless one of them was picked).
+  if ($('format').value === 'opus' && !OPUS_RATES.includes(rate)) rate = 48000;
   player.resume(rate).catch(() => {}); // inside the click, so the browser lets audio start
   banner(null);
   demo.error = null;
@@ -219,13 +231,16 @@ async function speak() {
   resetFigures();
   try {
     const c = client?.connected ? client : await connect();
-    const options = { format: $('format').value };
-    if ($('rate').value) options.sampleRate = Number($('rate').value);
+    const options = { format: $('format').value, timestamps: 'word' };
+    if (rate !== demo.ready?.sample_rate) options.sampleRate = rate;
+    if ($('voice').value) options.voice = $('voice').value;
     const llm = $('llm').checked;
     const u = llm ? c.open(options) : c.speak(text, options);
     current = u;
+    window.voxLast = u; // for the browser tests
     resetWave(u.sampleRate);
     watch(u);
+    follow(u, text);
     const playing = player.play(u);
     if (llm) typeLikeAnLlm(u, text);
     log(`${llm ? 'open' : 'speak'} ${u.context}: ${text.length} characters, ${options.format}, ${u.sampleRate} Hz`);
@@ -242,6 +257,8 @@ async function speak() {
     if (!demo.error) showError(err);
   } finally {
     typing && (typing.stop = true);
+    if (following) following.stop = true; // the last word stays marked until the text is clicked
+    if (!demo.highlights.length) unfollow(); // nothing was heard: back to the editable box
     current = null;
     setSpeaking(false);
   }
@@ -257,7 +274,7 @@ function watch(u) {
     log(`start ${u.context}: ${e.detail.format} ${e.detail.sample_rate} Hz`);
   });
   u.addEventListener('chunk', (e) => {
-    addToWave(e.detail);
+    if (!(e.detail instanceof Uint8Array)) addToWave(e.detail); // encoded bytes are not a waveform
     if (u.chunks === 1) {
       $('f-ttfb').innerHTML = fmtMs(u.ttfbMs);
       if (demo.llm) demo.llm.charsAtFirstAudio = u.charsWritten;
@@ -267,10 +284,68 @@ function watch(u) {
   });
   u.addEventListener('done', (e) => {
     const d = e.detail;
+    showBandwidth(u, d);
     log(`done ${u.context}: ${d.audio_ms} ms of audio, server TTFB ${d.ttfb_ms} ms, ${d.chunks} chunks`);
     $('f-audio').innerHTML = `${(d.audio_ms / 1000).toFixed(2)}<small> s</small>`;
   });
   u.addEventListener('cancelled', (e) => log(`cancelled ${u.context} after ${e.detail.audio_ms} ms of audio`));
+}
+
+// Bytes on the wire against what 16-bit PCM at the same rate would have taken.
+function showBandwidth(u, d) {
+  const pcmBytes = Math.round((d.audio_ms / 1000) * (u.sampleRate || 0) * 2);
+  demo.bandwidth = { bytes: u.bytes, pcmBytes, format: u.format };
+  const pct = pcmBytes ? Math.round((u.bytes / pcmBytes) * 100) : 0;
+  $('f-bandwidth').innerHTML = `${(u.bytes / 1024).toFixed(0)}<small> kB · ${pct}%</small>`;
+  $('f-bandwidth').title = `${pct}% of what 16-bit PCM at ${u.sampleRate} Hz takes`;
+}
+
+// --- the word being heard -------------------------------------------------------------------------
+// The text box turns into a reading view while it plays: the word under the playhead is marked. Word
+// offsets are the server's (code points into the text sent, which is the box's text); the playhead is
+// the player's, so the mark moves with the sound, not with the (earlier) arrival of the words.
+let following = null;
+
+function follow(u, text) {
+  const at = utf16Offsets(text);
+  const run = { u, stop: false, last: null };
+  following && (following.stop = true);
+  following = run;
+  demo.highlights = [];
+  $('read-before').textContent = '';
+  $('read-word').textContent = '';
+  $('read-after').textContent = text;
+  $('reading').hidden = false;
+  $('text').hidden = true;
+  const tick = () => {
+    if (run.stop) return;
+    const ms = player.currentTimeMs(u);
+    const w = u.wordAt(ms) ?? (u.words.length ? null : segmentAsWord(u.segmentAt(ms)));
+    if (w && w !== run.last && (!run.last || w.sourceStart >= run.last.sourceStart)) {
+      run.last = w;
+      const a = at[Math.min(w.sourceStart, at.length - 1)];
+      const b = at[Math.min(w.sourceEnd, at.length - 1)];
+      $('read-before').textContent = text.slice(0, a);
+      $('read-word').textContent = text.slice(a, b);
+      $('read-after').textContent = text.slice(b);
+      demo.highlights.push({ start: w.sourceStart, end: w.sourceEnd, text: text.slice(a, b), playedMs: ms,
+        wordMs: w.startMs, at: performance.now() });
+    }
+    setTimeout(tick, 10); // a timer, not requestAnimationFrame: short words survive a slow frame
+  };
+  tick();
+}
+
+// Without word timestamps (an older server), mark the whole segment.
+function segmentAsWord(s) {
+  return s && { sourceStart: s.source_start, sourceEnd: s.source_end, startMs: s.audio_start_ms };
+}
+
+function unfollow() {
+  if (following) following.stop = true;
+  following = null;
+  $('reading').hidden = true;
+  $('text').hidden = false;
 }
 
 function showPlayback(s) {
@@ -410,6 +485,127 @@ player.addEventListener('ended', (e) => {
   Object.assign(wave, { played: e.detail.samplesPlayed, playing: false });
 });
 
+// --- voices ---------------------------------------------------------------------------------------
+const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {});
+
+async function loadVoices(select) {
+  const r = await fetch(new URL('./v1/voices', location.href), { headers: authHeaders(), cache: 'no-store' });
+  const pick = $('voice');
+  const def = demo.ready?.default_voice ?? null;
+  if (r.status === 404) {
+    // A server without voice routes: only its own voice.
+    demo.voices = null;
+    pick.replaceChildren(new Option(def ? `server default (${def})` : "model's own voice", ''));
+    $('voices-note').textContent = '(this server has no voice routes)';
+    $('rec-save').title = 'this server has no /v1/voices';
+    return;
+  }
+  if (!r.ok) throw new Error(`GET /v1/voices: HTTP ${r.status}`);
+  const body = await r.json();
+  demo.voices = body;
+  const keep = select ?? pick.value;
+  const own = new Option("model's own voice", '');
+  const options = [];
+  if (def) {
+    options.push(new Option(`server default (${body.voices.find((v) => v.id === def)?.name || def})`, ''));
+    // The protocol names no way to ask for the model's own voice while a default is set.
+    own.disabled = true;
+    own.value = '__model__';
+    own.title = 'not selectable while the server has a default voice';
+  }
+  options.push(own);
+  for (const v of body.voices) options.push(new Option(`${v.name || v.id} · ${v.duration_s.toFixed(1)} s`, v.id));
+  pick.replaceChildren(...options);
+  pick.value = [...pick.options].some((o) => o.value === keep && !o.disabled) ? keep : '';
+  $('voices-note').textContent = `(${body.voices.length} on the server)`;
+  $('rec-save').title = '';
+}
+
+// --- recording a voice ----------------------------------------------------------------------------
+const MAX_RECORD_MS = 30000;
+let recorder = null;
+let recorded = null; // Blob
+
+async function toggleRecording() {
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false } });
+  } catch (err) {
+    banner('error', `No microphone: ${err.message}`, 'microphone');
+    return;
+  }
+  const type = ['audio/webm;codecs=opus', 'audio/ogg;codecs=opus', 'audio/webm'].find((t) => MediaRecorder.isTypeSupported(t));
+  const rec = new MediaRecorder(stream, type ? { mimeType: type } : {});
+  const parts = [];
+  const t0 = performance.now();
+  recorder = rec;
+  $('record').dataset.recording = '1';
+  $('rec-start').textContent = '■ Stop';
+  const clock = setInterval(() => {
+    const s = (performance.now() - t0) / 1000;
+    $('rec-state').textContent = `recording… ${s.toFixed(1)} s`;
+    if (s * 1000 >= MAX_RECORD_MS) rec.stop();
+  }, 100);
+  rec.ondataavailable = (e) => e.data.size && parts.push(e.data);
+  rec.onstop = () => {
+    clearInterval(clock);
+    for (const t of stream.getTracks()) t.stop();
+    recorder = null;
+    const ms = performance.now() - t0;
+    recorded = new Blob(parts, { type: rec.mimeType || 'audio/webm' });
+    demo.recording = { bytes: recorded.size, type: recorded.type, ms };
+    $('record').dataset.recording = '0';
+    $('rec-start').textContent = '● Record again';
+    $('rec-state').textContent = `${(ms / 1000).toFixed(1)} s recorded (${Math.round(recorded.size / 1024)} kB)`;
+    $('rec-save').disabled = !recorded.size || demo.voices === null;
+    log(`recorded ${(ms / 1000).toFixed(1)} s, ${recorded.type}, ${recorded.size} bytes`);
+  };
+  rec.start(250);
+}
+
+async function saveVoice() {
+  if (!recorded) return;
+  const text = $('rec-text').value.trim();
+  if (!text) {
+    banner('warn', 'Type the transcript of the recording first.', 'missing_text');
+    return;
+  }
+  const form = new FormData();
+  form.append('audio', recorded, recorded.type.includes('ogg') ? 'voice.ogg' : 'voice.webm');
+  form.append('text', text);
+  const name = $('rec-name').value.trim();
+  if (name) form.append('name', name);
+  $('rec-save').disabled = true;
+  try {
+    const r = await fetch(new URL('./v1/voices', location.href), { method: 'POST', body: form, headers: authHeaders() });
+    const body = await r.json().catch(() => ({}));
+    if (r.status !== 201) {
+      const e = body.error ?? {};
+      demo.error = { code: e.code ?? `http_${r.status}`, message: e.message ?? '' };
+      banner('error', `The server did not take the recording: ${e.message ?? `HTTP ${r.status}`}`, e.code ?? '');
+      return;
+    }
+    demo.savedVoice = body;
+    await loadVoices(body.id);
+    banner('info', `Saved the voice "${body.name || body.id}": Speak now uses it.`, 'voice_saved');
+    log(`voice ${body.id} saved (${body.duration_s} s)`);
+  } finally {
+    $('rec-save').disabled = !recorded;
+  }
+}
+
+$('rec-start').addEventListener('click', toggleRecording);
+$('rec-save').addEventListener('click', saveVoice);
+$('reading').addEventListener('click', () => {
+  if (!demo.speaking) {
+    unfollow();
+    $('text').focus();
+  }
+});
 $('speak').addEventListener('click', speak);
 $('stop').addEventListener('click', stop);
 $('text').addEventListener('input', updateCount);

@@ -3,21 +3,27 @@
 export declare const PROTOCOL: 'voxws.v1';
 export declare const VERSION: string;
 
-/** What the server offers (`ready.formats`). voxws.js plays all but mp3: wav as 16-bit PCM, opus through
- * WebCodecs (asked for as pcm_s16le where the browser cannot decode Opus). */
 export type Format = 'pcm_s16le' | 'pcm_f32le' | 'pcm_mulaw' | 'wav' | 'mp3' | 'opus';
-/** pcm_s16le, wav and pcm_mulaw arrive as Int16Array, pcm_f32le and opus as Float32Array. */
-export type Chunk = Int16Array | Float32Array;
+/** pcm_s16le, pcm_mulaw and wav (header removed) arrive as Int16Array, pcm_f32le as Float32Array,
+ * mp3 and opus as the encoded bytes (Uint8Array; VoxPlayer decodes opus). */
+export type Chunk = Int16Array | Float32Array | Uint8Array;
+
+/** Server error code -> the WebSocket close code that follows it (null: the socket stays open). */
+export declare const ERROR_CODES: Readonly<Record<string, number | null>>;
+/** Every audio format of the protocol; a server offers a subset in `ready.formats`. */
+export declare const FORMATS: readonly Format[];
+export declare const SAMPLE_RATES: readonly number[];
+export declare const OPUS_RATES: readonly number[];
 
 /** Server error codes (PROTOCOL.md) and the client's own connection codes. */
 export type ErrorCode =
   | 'bad_message' | 'empty_text' | 'text_too_long' | 'unsupported_format' | 'unknown_voice'
   | 'context_exists' | 'unknown_context' | 'too_many_contexts' | 'busy' | 'rate_limited'
   | 'slow_consumer' | 'engine_error' | 'unauthorized' | 'message_too_big' | 'idle_timeout'
-  | 'shutting_down'
+  | 'shutting_down' | 'bad_option'
   // client side
   | 'forbidden' | 'unavailable' | 'refused' | 'unreachable' | 'timeout' | 'connection_lost'
-  | 'not_connected' | 'closed' | 'context_closed' | 'bad_audio' | 'bad_option';
+  | 'not_connected' | 'closed' | 'context_closed' | 'cancelled' | 'bad_audio';
 
 export declare class VoxError extends Error {
   readonly code: ErrorCode | string;
@@ -43,22 +49,78 @@ export interface ReadyMessage {
   sample_rate: number;
   formats: Format[];
   sample_rates: number[];
+  /** The voice used when a context names none; null: the model's own. */
+  default_voice: string | null;
   limits: { max_text_chars: number; max_contexts: number; max_message_bytes: number; idle_timeout_s: number };
 }
 
 export interface SpeakOptions {
   format?: Format;
-  /** Output rate; default: the model's native rate (`client.ready.sample_rate`); opus: 8000, 12000,
-   * 16000, 24000 or 48000. */
+  /** Output rate; default: the model's native rate (`client.ready.sample_rate`). */
   sampleRate?: number;
-  /** Bits per second, for opus and mp3; default: the server's choice for speech. */
+  /** A registered voice id (GET /v1/voices); default: the server's default voice. */
+  voice?: string | null;
+  /** mp3 and opus only, bits per second. */
   bitrate?: number;
-  voice?: string;
+  /** Expand numbers, dates, money… into words before the model reads them (default true). */
+  normalize?: boolean;
+  language?: 'auto' | 'zh' | 'en';
+  /** 'word': the server sends word timestamps (`utterance.words`, event `words`). */
+  timestamps?: 'none' | 'word';
+  /** Called with each `segment` message as it arrives. */
+  onSegment?: (segment: SegmentMessage, u: Utterance) => void;
+  /** Called with the words of each `words` message as it arrives. */
+  onWords?: (words: Word[], u: Utterance) => void;
   cfgValue?: number;
   temperature?: number;
   seed?: number;
   /** Your own context id (1-64 of [A-Za-z0-9_.:-]); default: generated. */
   context?: string;
+}
+
+/** Offsets are Unicode code points into `utterance.source` (see `sourceSlice`). */
+export interface SegmentMessage {
+  type: 'segment';
+  context: string;
+  index: number;
+  /** Exactly source[source_start:source_end]. */
+  text: string;
+  /** What the model was given (after normalization). */
+  spoken: string;
+  source_start: number;
+  source_end: number;
+  /** The context's audio before this segment's first frame: exact. */
+  audio_start_ms: number;
+}
+
+export interface Word {
+  word: string;
+  /** ms from the start of the utterance's audio. */
+  startMs: number;
+  endMs: number;
+  sourceStart: number;
+  sourceEnd: number;
+  /** True when the times inside the segment are estimated (segment boundaries are exact). */
+  estimated: boolean;
+}
+
+export interface WordsMessage {
+  type: 'words';
+  context: string;
+  words: string[];
+  start_ms: number[];
+  end_ms: number[];
+  source_start: number[];
+  source_end: number[];
+  estimated: boolean;
+  /** The same, one object per word (added by voxws.js). */
+  list: Word[];
+}
+
+export interface FlushedMessage {
+  type: 'flushed';
+  context: string;
+  flush_id: string | number | null;
 }
 
 export interface Summary {
@@ -71,6 +133,10 @@ export interface Summary {
   chunks?: number;
   text_chars?: number;
   segments?: number;
+  /** done: the voice id used, or null (the model's own). */
+  voice?: string | null;
+  /** cancelled: where in the source text the audio sent stops (code points). */
+  source_end?: number;
   /** Client-measured time from send to the first audio frame. */
   client_ttfb_ms: number | null;
 }
@@ -89,19 +155,31 @@ export declare class Utterance extends EventTarget implements AsyncIterable<Chun
   readonly client: VoxWS;
   readonly context: string;
   readonly state: UtteranceState;
-  /** The format on the wire: `requestedFormat`, or pcm_s16le where opus cannot be decoded here. */
   readonly format: Format;
-  readonly requestedFormat: Format;
   readonly sampleRate: number | null;
   /** performance.now() when the request was sent. */
   readonly sentAt: number;
   readonly firstAudioAt: number | null;
   readonly ttfbMs: number | null;
   readonly chunks: number;
+  /** Samples received (PCM formats and wav). */
   readonly samples: number;
-  /** Bytes received (compressed for opus): `bytes * 8 / (audioMs / 1000)` is the bitrate. */
+  /** Bytes received: the bandwidth the format costs. */
   readonly bytes: number;
   readonly audioMs: number;
+  /** The text the offsets point into: the speak text, or everything written so far. */
+  readonly source: string;
+  /** `segment` messages so far, in order. */
+  readonly segments: SegmentMessage[];
+  /** Words so far, in order (with `timestamps: 'word'`). */
+  readonly words: Word[];
+  /** After `done`: the voice used (null: the model's own). */
+  readonly voice: string | null | undefined;
+  /** After `cancelled`: the source offset up to which the audio sent speaks. */
+  readonly sourceEnd: number | null;
+  /** The word being heard `ms` into the audio (pass `player.currentTimeMs(u)`), or null. */
+  wordAt(ms: number): Word | null;
+  segmentAt(ms: number): SegmentMessage | null;
   readonly finished: boolean;
   readonly summary: Summary | null;
   readonly error: VoxError | null;
@@ -112,6 +190,9 @@ export declare class Utterance extends EventTarget implements AsyncIterable<Chun
   addEventListener(type: 'queued', l: (e: CustomEvent<{ position: number }>) => void): void;
   addEventListener(type: 'start', l: (e: CustomEvent<{ format: Format; sample_rate: number }>) => void): void;
   addEventListener(type: 'chunk', l: (e: CustomEvent<Chunk>) => void): void;
+  addEventListener(type: 'segment', l: (e: CustomEvent<SegmentMessage>) => void): void;
+  addEventListener(type: 'words', l: (e: CustomEvent<WordsMessage>) => void): void;
+  addEventListener(type: 'flushed', l: (e: CustomEvent<FlushedMessage>) => void): void;
   addEventListener(type: 'done' | 'cancelled', l: (e: CustomEvent<Summary>) => void): void;
   addEventListener(type: 'error', l: (e: CustomEvent<VoxError>) => void): void;
   addEventListener(type: string, l: EventListenerOrEventListenerObject | null, o?: boolean | AddEventListenerOptions): void;
@@ -121,8 +202,9 @@ export declare class Utterance extends EventTarget implements AsyncIterable<Chun
 export declare class TextContext extends Utterance {
   readonly charsWritten: number;
   write(text: string): void;
-  /** Speak what is buffered now; the context stays open. */
-  flush(): void;
+  /** Speak what is buffered now; the context stays open. Resolves with `flushed` once all audio of the text
+   * written before it was sent (rejects if the context is cancelled or fails first). */
+  flush(flushId?: string | number): Promise<FlushedMessage>;
   /** No more text; `done` follows the last audio. */
   end(): void;
 }
@@ -133,8 +215,6 @@ export declare class VoxWS extends EventTarget {
   static connect(url?: string | URL, options?: ConnectOptions): Promise<VoxWS>;
   readonly url: URL;
   readonly ready: ReadyMessage;
-  /** Whether this browser decodes Opus (WebCodecs); without it, `format: 'opus'` asks for pcm_s16le. */
-  readonly canDecodeOpus: boolean;
   readonly connected: boolean;
   readonly goingAway: { reason: string; deadline_ms: number } | null;
   speak(text: string, options?: SpeakOptions): Utterance;
@@ -185,8 +265,13 @@ export declare class VoxPlayer extends EventTarget {
   readonly stats: PlaybackStats | null;
   /** Create/resume the AudioContext (call from a click); a new rate replaces the context. */
   resume(sampleRate?: number): Promise<void>;
-  /** Play as chunks arrive; resolves when the last sample was played or playback stopped. */
+  /** Whether this browser can play a format (opus: with WebCodecs' AudioDecoder; never mp3). */
+  static canPlay(format: Format): boolean;
+  /** Play as chunks arrive; resolves when the last sample was played or playback stopped. Never rejects
+   * and never stays pending on a failure: `stats.error` says what went wrong. */
   play(utterance: Utterance): Promise<PlaybackStats>;
+  /** How far playback of an utterance has got, in ms of its audio (what is heard now). */
+  currentTimeMs(utterance: Utterance): number;
   /** Stop playback (all, or one utterance); does not cancel synthesis. */
   stop(utterance?: Utterance): void;
   addEventListener(type: 'start', l: (e: CustomEvent<{ id: number; firstAudibleMs: number }>) => void): void;
@@ -199,28 +284,32 @@ export declare const WORKLET_SOURCE: string;
 export declare function decodePcm(buffer: ArrayBuffer, format: Format): Chunk;
 export declare function toFloat32(chunk: Chunk): Float32Array;
 export declare function endpointUrl(url?: string | URL): URL;
-/** Whether WebCodecs' AudioDecoder can decode Opus here (cached). */
-export declare function canDecodeOpus(): Promise<boolean>;
 
-export interface OggPacket {
-  data: Uint8Array;
-  /** Granule position of the page this packet ends on. */
-  granule: number;
-  eos: boolean;
-  bos: boolean;
+/** String indices of each code point: `utf16Offsets(text)[cp]` (protocol offsets count code points). */
+export declare function utf16Offsets(text: string): number[];
+/** `text[start:end]` in code points, as the server's offsets mean it. */
+export declare function sourceSlice(text: string, start: number, end: number): string;
+export declare function isEncoded(format: Format): boolean;
+
+/** Streaming linear resampler that keeps its state across chunks (no clicks at seams, no drift). */
+export declare class Resampler {
+  constructor(from: number, to: number);
+  push(samples: Float32Array): Float32Array;
+  /** The last few samples at the end of the stream. */
+  flush(): Float32Array;
 }
 
-/** Ogg pages (RFC 3533) to packets, from bytes arriving in any pieces. */
-export declare class OggReader {
-  push(bytes: ArrayBuffer | Uint8Array): OggPacket[];
+/** Splits an Ogg stream into packets as bytes arrive. */
+export declare class OggDemuxer {
+  push(bytes: Uint8Array): Uint8Array[];
 }
 
-/** An Ogg Opus stream decoded as it arrives (WebCodecs), pre-skip and end trim applied. */
+/** Ogg Opus through WebCodecs' AudioDecoder; pre-skip removed. */
 export declare class OggOpusDecoder {
-  constructor(options: { onSamples: (samples: Float32Array, sampleRate: number) => void; onError?: (e: unknown) => void });
-  readonly bytes: number;
-  push(buffer: ArrayBuffer): void;
-  /** Resolves when everything pushed so far has been delivered to onSamples. */
+  constructor(onSamples: (samples: Float32Array, sampleRate: number) => void);
+  readonly head: { channels: number; preSkip: number; inputRate: number } | null;
+  push(bytes: Uint8Array): void;
   flush(): Promise<void>;
   close(): void;
 }
+export declare function opusPacketSamples(packet: Uint8Array): number;

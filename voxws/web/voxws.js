@@ -10,10 +10,25 @@
 export const PROTOCOL = 'voxws.v1';
 export const VERSION = '0.1.0';
 
+// Copies of the server's definitions (voxws/protocol.py ERROR_CODES, voxws/config.py FORMATS and
+// SAMPLE_RATES); tests/test_browser_client.py checks them against the Python ones.
+/** Server error code -> the WebSocket close code that follows it (null: the socket stays open). */
+export const ERROR_CODES = Object.freeze({
+  bad_message: null, empty_text: null, text_too_long: null, unsupported_format: null, unknown_voice: null,
+  bad_option: null, context_exists: null, unknown_context: null, too_many_contexts: null, busy: null,
+  rate_limited: null, slow_consumer: 1008, engine_error: null, unauthorized: 1008, message_too_big: 1009,
+  idle_timeout: 1000, shutting_down: null,
+});
+/** Every audio format of the protocol; a server offers a subset (`ready.formats`). */
+export const FORMATS = Object.freeze(['pcm_s16le', 'pcm_f32le', 'pcm_mulaw', 'wav', 'mp3', 'opus']);
+export const SAMPLE_RATES = Object.freeze([8000, 16000, 22050, 24000, 44100, 48000]);
+/** Rates an Ogg Opus stream may have. */
+export const OPUS_RATES = Object.freeze([8000, 12000, 16000, 24000, 48000]);
+
 // Characters RFC 6455 allows in a subprotocol name; other tokens travel as ?token= instead.
 const SUBPROTOCOL_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Server codes after which the server closes the socket (PROTOCOL.md, "Error codes").
-const CLOSING_CODES = new Set(['slow_consumer', 'unauthorized', 'message_too_big', 'idle_timeout']);
+const CLOSING_CODES = new Set(Object.keys(ERROR_CODES).filter((c) => ERROR_CODES[c] !== null));
 // Codes that reject one message of an incremental context the server keeps open; the client ends the
 // utterance anyway (and cancels it on the server) so that both sides agree it is over.
 const MESSAGE_CODES = new Set(['text_too_long', 'bad_message', 'context_exists']);
@@ -79,192 +94,42 @@ export function decodePcm(buffer, format) {
   return out;
 }
 
+/** The bytes of a WAV stream after its header (null while the header is incomplete). */
+function wavData(bytes) {
+  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'RIFF') return bytes;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let o = 12; o + 8 <= bytes.length; ) {
+    const id = String.fromCharCode(...bytes.subarray(o, o + 4));
+    if (id === 'data') return bytes.subarray(o + 8);
+    o += 8 + view.getUint32(o + 4, true) + (view.getUint32(o + 4, true) & 1);
+  }
+  return null;
+}
+
+/** Whether a format arrives as encoded bytes (Uint8Array chunks) rather than samples. */
+export const isEncoded = (format) => format === 'mp3' || format === 'opus';
+
+/** Protocol offsets count Unicode code points; JS strings count UTF-16 units. `utf16Offsets(text)[cp]` is
+ * the string index of code point `cp` (the array has one entry more than the text has code points). */
+export function utf16Offsets(text) {
+  const out = [0];
+  let o = 0;
+  for (const ch of text) out.push((o += ch.length));
+  return out;
+}
+
+/** `source[start:end]` in code points, as the server's offsets mean it. */
+export function sourceSlice(text, start, end) {
+  const at = utf16Offsets(text);
+  return text.slice(at[Math.min(start, at.length - 1)], at[Math.min(end, at.length - 1)]);
+}
+
 /** Samples as float32 in [-1, 1) (a new array the caller owns). */
 export function toFloat32(chunk) {
   if (chunk instanceof Float32Array) return chunk.slice();
   const out = new Float32Array(chunk.length);
   for (let i = 0; i < chunk.length; i++) out[i] = chunk[i] / 32768;
   return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ogg Opus (format `opus`): Ogg pages demuxed here, packets decoded by WebCodecs' AudioDecoder
-
-let opusSupport = null;
-
-/** Whether this browser can decode Opus with WebCodecs (cached). Without it, `speak(..., {format: 'opus'})`
- * asks the server for pcm_s16le instead. */
-export function canDecodeOpus() {
-  if (!opusSupport) {
-    opusSupport = (async () => {
-      if (typeof AudioDecoder === 'undefined' || typeof EncodedAudioChunk === 'undefined') return false;
-      try {
-        const r = await AudioDecoder.isConfigSupported({ codec: 'opus', sampleRate: 48000, numberOfChannels: 1 });
-        return r.supported === true;
-      } catch {
-        return false;
-      }
-    })();
-  }
-  return opusSupport;
-}
-
-// Samples (at 48 kHz) in one Opus packet, from its TOC byte (RFC 6716 section 3.1).
-function opusPacketSamples(p) {
-  if (!p.length) return 0;
-  const config = p[0] >> 3;
-  let size; // one frame, in 48 kHz samples
-  if (config < 12) size = [480, 960, 1920, 2880][config & 3];
-  else if (config < 16) size = [480, 960][config & 1];
-  else size = [120, 240, 480, 960][config & 3];
-  const code = p[0] & 3;
-  const frames = code === 0 ? 1 : code < 3 ? 2 : p.length > 1 ? p[1] & 0x3f : 0;
-  return size * frames;
-}
-
-/** Splits a byte stream into Ogg pages (RFC 3533) and pages into packets; bytes may arrive in any pieces. */
-export class OggReader {
-  constructor() {
-    this._buf = new Uint8Array(0);
-    this._partial = []; // pieces of a packet continued on the next page
-  }
-
-  /** Feed bytes; returns the packets completed, each as {data: Uint8Array, granule, eos, bos}
-   * (granule and eos describe the page the packet ends on; granule is a Number, exact below 2^53). */
-  push(bytes) {
-    const add = new Uint8Array(bytes);
-    const buf = new Uint8Array(this._buf.length + add.length);
-    buf.set(this._buf);
-    buf.set(add, this._buf.length);
-    const out = [];
-    let at = 0;
-    while (buf.length - at >= 27) {
-      if (buf[at] !== 0x4f || buf[at + 1] !== 0x67 || buf[at + 2] !== 0x67 || buf[at + 3] !== 0x53) {
-        throw new VoxError('bad_audio', 'not an Ogg stream (no OggS capture pattern)');
-      }
-      const nseg = buf[at + 26];
-      if (buf.length - at < 27 + nseg) break;
-      let len = 0;
-      for (let i = 0; i < nseg; i++) len += buf[at + 27 + i];
-      if (buf.length - at < 27 + nseg + len) break;
-      const view = new DataView(buf.buffer, buf.byteOffset + at);
-      const flags = buf[at + 5];
-      const granule = view.getUint32(6, true) + view.getInt32(10, true) * 2 ** 32;
-      let pos = at + 27 + nseg;
-      for (let i = 0; i < nseg; i++) {
-        const lace = buf[at + 27 + i];
-        this._partial.push(buf.subarray(pos, pos + lace));
-        pos += lace;
-        if (lace < 255) {
-          const size = this._partial.reduce((a, c) => a + c.length, 0);
-          const data = new Uint8Array(size);
-          let o = 0;
-          for (const c of this._partial) { data.set(c, o); o += c.length; }
-          this._partial = [];
-          out.push({ data, granule, eos: (flags & 4) !== 0, bos: (flags & 2) !== 0 });
-        }
-      }
-      // a packet continued on the next page must not keep this buffer alive
-      this._partial = this._partial.map((c) => c.slice());
-      at = pos;
-    }
-    this._buf = buf.slice(at);
-    return out;
-  }
-}
-
-/** Decodes an Ogg Opus byte stream as it arrives (WebCodecs AudioDecoder): pre-skip and the end trim
- * from the last granule position applied, so the samples are exactly the audio the server encoded.
- * `onSamples(Float32Array, sampleRate)` gets mono float32 in order. */
-export class OggOpusDecoder {
-  constructor({ onSamples, onError = () => {} }) {
-    this.onSamples = onSamples;
-    this.onError = onError;
-    this.reader = new OggReader();
-    this.decoder = null;
-    this.channels = 1;
-    this.preSkip = 0; // 48 kHz samples still to drop at the start
-    this.skipTotal = 0; // the stream's pre-skip
-    this.end = null; // total 48 kHz samples to output (known at the last page)
-    this.out48 = 0; // 48 kHz samples output so far
-    this.timestamp = 0; // 48 kHz samples decoded so far (the chunks' timestamps)
-    this.headers = 0;
-    this.bytes = 0;
-  }
-
-  /** Feed one piece of the stream (one WebSocket frame: whole pages). */
-  push(buffer) {
-    this.bytes += buffer.byteLength;
-    for (const p of this.reader.push(buffer)) {
-      if (this.headers === 0) {
-        const h = p.data;
-        if (h.length < 19 || String.fromCharCode(...h.subarray(0, 8)) !== 'OpusHead') {
-          throw new VoxError('bad_audio', 'Ogg stream without an OpusHead');
-        }
-        this.channels = h[9];
-        this.preSkip = h[10] | (h[11] << 8);
-        this.skipTotal = this.preSkip;
-        this.decoder = new AudioDecoder({ output: (d) => this._output(d), error: (e) => this.onError(e) });
-        this.decoder.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: this.channels });
-        this.headers = 1;
-        continue;
-      }
-      if (this.headers === 1) { this.headers = 2; continue; } // OpusTags
-      if (p.eos) this.end = Math.max(0, p.granule - this.skipTotal);
-      const duration = opusPacketSamples(p.data);
-      this.decoder.decode(new EncodedAudioChunk({
-        type: 'key', data: p.data, timestamp: Math.round((this.timestamp * 1e6) / 48000),
-        duration: Math.round((duration * 1e6) / 48000),
-      }));
-      this.timestamp += duration;
-    }
-  }
-
-  _output(data) {
-    try {
-      const rate = data.sampleRate;
-      const n = data.numberOfFrames;
-      let x = new Float32Array(n);
-      data.copyTo(x, { planeIndex: 0, format: 'f32-planar' });
-      data.close();
-      const scale = rate / 48000;
-      if (this.preSkip > 0) { // pre-skip counts 48 kHz samples; the decoder may output another rate
-        const drop = Math.min(n, Math.round(this.preSkip * scale));
-        x = x.subarray(drop);
-        this.preSkip -= Math.min(this.preSkip, Math.round(drop / scale));
-      }
-      if (this.end !== null) {
-        const room = Math.max(0, Math.round((this.end - this.out48) * scale));
-        if (x.length > room) x = x.subarray(0, room);
-      }
-      this.out48 += x.length / scale;
-      if (x.length) this.onSamples(x.slice(), rate);
-    } catch (e) {
-      this.onError(e);
-    }
-  }
-
-  /** Resolves once every packet pushed so far has been decoded and delivered. */
-  async flush() {
-    if (this.decoder && this.decoder.state === 'configured') await this.decoder.flush();
-  }
-
-  close() {
-    if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
-  }
-}
-
-// WAV (format `wav`): the RIFF header on the first frame, then 16-bit PCM.
-function wavDataOffset(bytes) {
-  if (bytes.length < 12 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'RIFF') return 0;
-  let at = 12;
-  while (at + 8 <= bytes.length) {
-    const id = String.fromCharCode(...bytes.subarray(at, at + 4));
-    const size = new DataView(bytes.buffer, bytes.byteOffset + at + 4, 4).getUint32(0, true);
-    if (id === 'data') return at + 8;
-    at += 8 + size + (size & 1);
-  }
-  return bytes.length;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,19 +144,21 @@ export class Utterance extends EventTarget {
     this.options = options;
     this.state = 'pending'; // pending | queued | streaming | cancelling | done | cancelled | error
     this.format = options.format ?? 'pcm_s16le';
-    this.requestedFormat = options.requestedFormat ?? this.format; // `opus` falls back to pcm_s16le
     this.sampleRate = options.sampleRate ?? client.ready?.sample_rate ?? null;
     this.sentAt = now();
     this.firstAudioAt = null;
     this.chunks = 0;
     this.samples = 0;
-    this.bytes = 0; // what came over the wire: compare with samples for the bandwidth a format saves
-    this._opus = null; // OggOpusDecoder for `opus`
-    this._opusFlushed = false;
-    this._flushing = false; // `done` arrived; the decoder is delivering its last samples
-    this._wavBody = false;
+    this.bytes = 0; // binary bytes received: the bandwidth this format costs
     this.summary = null;
     this.error = null;
+    this.source = typeof options.text === 'string' ? options.text : ''; // what offsets point into
+    this.segments = []; // `segment` messages, in order
+    this.words = []; // {word, startMs, endMs, sourceStart, sourceEnd, estimated}, in order
+    this.voice = undefined; // from `done`: the voice id used, or null
+    this.sourceEnd = null; // from `cancelled`: where in `source` the audio sent stops
+    this._flushes = new Map(); // flush_id -> {resolve, reject}
+    this._headerSeen = false;
     this._queue = [];
     this._waiters = [];
     this._ended = false;
@@ -308,9 +175,32 @@ export class Utterance extends EventTarget {
     return this.firstAudioAt === null ? null : this.firstAudioAt - this.sentAt;
   }
 
-  /** Audio received so far, in ms. */
+  /** Audio received so far, in ms (encoded formats: known from the summary only). */
   get audioMs() {
+    if (isEncoded(this.format)) return this.summary?.audio_ms ?? 0;
     return this.sampleRate ? (this.samples / this.sampleRate) * 1000 : 0;
+  }
+
+  /** The word (see `words`) being heard at `ms` from the start of this utterance's audio, or null. */
+  wordAt(ms) {
+    let lo = 0;
+    let hi = this.words.length - 1;
+    let found = null;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.words[mid].startMs <= ms) {
+        found = this.words[mid];
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  /** The segment being heard at `ms`, or null. */
+  segmentAt(ms) {
+    let found = null;
+    for (const s of this.segments) if (s.audio_start_ms <= ms) found = s;
+    return found;
   }
 
   get finished() {
@@ -322,7 +212,6 @@ export class Utterance extends EventTarget {
   cancel() {
     if (this.finished || this.state === 'cancelling') return;
     this.state = 'cancelling';
-    this._opus?.close();
     this._endIteration();
     try {
       this.client._send({ type: 'cancel', context: this.context });
@@ -385,59 +274,68 @@ export class Utterance extends EventTarget {
   }
 
   _onAudio(buffer) {
-    if (this.state === 'cancelling' || this.finished || this._flushing) return;
-    if (this.firstAudioAt === null) this.firstAudioAt = now();
+    if (this.state === 'cancelling' || this.finished) return;
     this.bytes += buffer.byteLength;
-    if (this.format === 'opus') {
-      try {
-        this._opus ??= new OggOpusDecoder({
-          onSamples: (x, rate) => this._deliver(rate !== this.sampleRate && this.sampleRate
-            ? resampleLinear(x, rate, this.sampleRate) : x),
-          onError: (e) => this._fail(new VoxError('bad_audio', `Opus decoding failed: ${e.message ?? e}`,
-            { context: this.context })),
-        });
-        this._opus.push(buffer);
-      } catch (e) {
-        this._fail(e instanceof VoxError ? e : new VoxError('bad_audio', String(e.message ?? e), { context: this.context }));
-      }
-      return;
+    let chunk;
+    if (isEncoded(this.format)) {
+      chunk = new Uint8Array(buffer.slice(0));
+    } else if (this.format === 'wav') {
+      const data = this._headerSeen ? new Uint8Array(buffer) : wavData(new Uint8Array(buffer));
+      if (data === null) return; // header only: no samples yet
+      this._headerSeen = true;
+      if (!data.length) return;
+      chunk = decodePcm(data.slice().buffer, 'pcm_s16le');
+    } else {
+      chunk = decodePcm(buffer, this.format);
     }
-    if (this.format === 'wav' && !this._wavBody) {
-      this._wavBody = true;
-      buffer = buffer.slice(wavDataOffset(new Uint8Array(buffer)));
-    }
-    this._deliver(decodePcm(buffer, this.format === 'wav' ? 'pcm_s16le' : this.format));
-  }
-
-  _deliver(chunk) {
-    if (this.state === 'cancelling' || this.state === 'cancelled' || this.state === 'error') return;
+    if (this.firstAudioAt === null) this.firstAudioAt = now();
     this.chunks += 1;
-    this.samples += chunk.length;
+    if (!isEncoded(this.format)) this.samples += chunk.length;
     this._emit('chunk', chunk);
     const w = this._waiters.shift();
     if (w) w.resolve({ value: chunk, done: false });
     else this._queue.push(chunk);
   }
 
+  _onSegment(msg) {
+    this.segments.push(msg);
+    this.options.onSegment?.(msg, this);
+    this._emit('segment', msg);
+  }
+
+  _onWords(msg) {
+    const added = msg.words.map((word, i) => ({
+      word,
+      startMs: msg.start_ms[i],
+      endMs: msg.end_ms[i],
+      sourceStart: msg.source_start[i],
+      sourceEnd: msg.source_end[i],
+      estimated: !!msg.estimated,
+    }));
+    this.words.push(...added);
+    this.options.onWords?.(added, this);
+    this._emit('words', { ...msg, list: added });
+  }
+
+  _onFlushed(msg) {
+    const key = String(msg.flush_id);
+    const f = this._flushes.get(key);
+    this._flushes.delete(key);
+    f?.resolve(msg);
+    this._emit('flushed', msg);
+  }
+
+  // Flushes still waiting when the context ends: done means all audio was sent, anything else did not.
+  _settleFlushes(error) {
+    for (const f of this._flushes.values()) (error ? f.reject(error) : f.resolve({ type: 'flushed', context: this.context }));
+    this._flushes.clear();
+  }
+
   _onDone(msg) {
-    if (this.finished || this._flushing) return;
-    if (this._opus && !this._opusFlushed) {
-      // Decoding is asynchronous: the last samples come out after the server's `done`.
-      this._opusFlushed = true;
-      this._flushing = true;
-      const finish = () => {
-        this._flushing = false;
-        this._opus.close();
-        this._onDone(msg);
-      };
-      this._opus.flush().then(finish, (e) => {
-        if (this.state === 'cancelling') return finish(); // cancel() closed the decoder: the server had finished
-        this._flushing = false;
-        this._fail(new VoxError('bad_audio', `Opus decoding failed: ${e.message ?? e}`, { context: this.context }));
-      });
-      return;
-    }
+    if (this.finished) return;
     this.state = 'done';
+    this.voice = msg.voice ?? null;
+    this._settleFlushes(null);
     this.summary = { ...msg, cancelled: false, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
     this._emit('done', this.summary);
@@ -446,8 +344,9 @@ export class Utterance extends EventTarget {
 
   _onCancelled(msg) {
     if (this.finished) return;
-    this._opus?.close();
     this.state = 'cancelled';
+    this.sourceEnd = msg.source_end ?? null;
+    this._settleFlushes(new VoxError('cancelled', `context ${this.context} was cancelled`, { context: this.context }));
     this.summary = { ...msg, cancelled: true, client_ttfb_ms: this.ttfbMs };
     this._endIteration();
     this._emit('cancelled', this.summary);
@@ -456,9 +355,9 @@ export class Utterance extends EventTarget {
 
   _fail(error) {
     if (this.finished) return;
-    this._opus?.close();
     this.state = 'error';
     this.error = error;
+    this._settleFlushes(error);
     this._endIteration();
     this._emit('error', error);
     this._reject(error);
@@ -471,6 +370,7 @@ export class TextContext extends Utterance {
     super(client, context, options);
     this._opened = false;
     this._closed = false;
+    this._flushSeq = 0;
     this.charsWritten = 0;
   }
 
@@ -494,12 +394,19 @@ export class TextContext extends Utterance {
     }
     this.client._send(msg);
     this.charsWritten += text.length;
+    this.source += text;
   }
 
-  /** Speak whatever is buffered now; the context stays open. */
-  flush() {
+  /** Speak whatever is buffered now; the context stays open. Resolves with the server's `flushed` once
+   * all audio of the text written before it was sent (flushId: yours, or a generated number). */
+  flush(flushId) {
     this._check('flush');
-    if (this._opened) this.client._send({ type: 'flush', context: this.context });
+    if (!this._opened) return Promise.resolve({ type: 'flushed', context: this.context, flush_id: flushId ?? null });
+    const id = flushId ?? ++this._flushSeq;
+    const p = new Promise((resolve, reject) => this._flushes.set(String(id), { resolve, reject }));
+    p.catch(() => {}); // a flush nobody awaits must not report an unhandled rejection
+    this.client._send({ type: 'flush', context: this.context, flush_id: id });
+    return p;
   }
 
   /** No more text: the server speaks the rest and finishes with `done`. */
@@ -520,8 +427,11 @@ function wireOptions(o) {
   const out = {};
   if (o.format !== undefined) out.format = o.format;
   if (o.sampleRate !== undefined) out.sample_rate = Number(o.sampleRate);
-  if (o.bitrate !== undefined) out.bitrate = Number(o.bitrate);
-  if (o.voice !== undefined) out.voice = o.voice;
+  if (o.voice !== undefined && o.voice !== null) out.voice = o.voice;
+  if (o.bitrate !== undefined) out.bitrate = o.bitrate;
+  if (o.normalize !== undefined) out.normalize = !!o.normalize;
+  if (o.language !== undefined) out.language = o.language;
+  if (o.timestamps !== undefined) out.timestamps = o.timestamps;
   if (o.cfgValue !== undefined) out.cfg_value = o.cfgValue;
   if (o.temperature !== undefined) out.temperature = o.temperature;
   if (o.seed !== undefined) out.seed = o.seed;
@@ -545,8 +455,7 @@ export class VoxWS extends EventTarget {
   /** Open a socket and wait for the server's `ready`. Rejects with VoxConnectionError. */
   static async connect(url, options = {}) {
     const client = new VoxWS(url, options);
-    const [, opus] = await Promise.all([client._open(), canDecodeOpus()]);
-    client.canDecodeOpus = opus;
+    await client._open();
     return client;
   }
 
@@ -556,7 +465,6 @@ export class VoxWS extends EventTarget {
     this.token = token || null;
     this.timeoutMs = timeoutMs;
     this.ready = null; // the server's `ready` message
-    this.canDecodeOpus = false; // set by connect(): whether `opus` is played as Opus or asked for as PCM
     this.goingAway = null;
     this.closed = false;
     this.ws = null;
@@ -623,8 +531,7 @@ export class VoxWS extends EventTarget {
    * context (an id of your own; default: generated). */
   speak(text, options = {}) {
     if (typeof text !== 'string') throw new TypeError('speak(text): text must be a string');
-    options = this._playable(options);
-    const u = new Utterance(this, this._contextId(options), options);
+    const u = new Utterance(this, this._contextId(options), { ...options, text });
     this._send({ type: 'speak', context: u.context, text, ...wireOptions(options) });
     this._contexts.set(u.context, u);
     return u;
@@ -633,21 +540,9 @@ export class VoxWS extends EventTarget {
   /** Open a context for incremental text: ctx.write(), ctx.flush(), ctx.end(). */
   open(options = {}) {
     this._assertOpen();
-    options = this._playable(options);
     const ctx = new TextContext(this, this._contextId(options), options);
     this._contexts.set(ctx.context, ctx);
     return ctx;
-  }
-
-  // `opus` without WebCodecs: ask for 16-bit PCM instead (the same audio, ~14x the bytes).
-  _playable(options) {
-    if (options.format === 'mp3') {
-      throw new VoxError('unsupported_format', 'voxws.js does not decode mp3: use opus (or pcm_*) in the browser');
-    }
-    if (options.format !== 'opus' || this.canDecodeOpus) return options;
-    const { bitrate: _opusOnly, ...rest } = options;
-    const rate = rest.sampleRate !== undefined && Number(rest.sampleRate) === 12000 ? 16000 : rest.sampleRate;
-    return { ...rest, sampleRate: rate, format: 'pcm_s16le', requestedFormat: 'opus' };
   }
 
   /** Cancel every open context of this socket. */
@@ -721,6 +616,15 @@ export class VoxWS extends EventTarget {
       case 'start':
         this._streaming = u ?? null;
         u?._onStart(msg);
+        break;
+      case 'segment':
+        u?._onSegment(msg);
+        break;
+      case 'words':
+        u?._onWords(msg);
+        break;
+      case 'flushed':
+        u?._onFlushed(msg);
         break;
       case 'done':
         if (u) {
@@ -940,6 +844,7 @@ export class VoxPlayer extends EventTarget {
     this.stats = null; // PlaybackStats of the last finished utterance
     this._ready = null;
     this._plays = new Map();
+    this._endedAt = new WeakMap(); // utterance -> ms played, once its playback ended
     this._seq = 0;
   }
 
@@ -1001,45 +906,93 @@ export class VoxPlayer extends EventTarget {
     this._ready = null;
   }
 
+  /** Whether this browser can play a format: the PCM family and wav always, opus with WebCodecs. */
+  static canPlay(format) {
+    if (format === 'opus') return typeof globalThis.AudioDecoder === 'function';
+    return format !== 'mp3' && FORMATS.includes(format);
+  }
+
   /** Play an utterance as its chunks arrive; resolves with its PlaybackStats when the last sample was
-   * played (or playback was stopped). Utterances played in a row follow each other without a gap. */
+   * played (or playback was stopped). Utterances played in a row follow each other without a gap.
+   * Never rejects and never stays pending on a failure: the stats carry the error. */
   play(utterance) {
     const id = ++this._seq;
+    return new Promise((resolve) => {
+      const entry = { id, utterance, resolve, ctx: null, rate: 0, firstAudibleMs: null, played: 0, buffered: 0, at: 0 };
+      this._run(entry).catch((e) => {
+        entry.error ??= e;
+        if (this.node && this.context === entry.ctx) this.node.port.postMessage({ type: 'stop', id });
+        this._finish(entry, { played: entry.played, underruns: 0, underrunSamples: 0, stopped: true });
+      });
+    });
+  }
+
+  async _run(entry) {
+    const { id, utterance } = entry;
     // Audio queues in the worklet even while the browser holds the context suspended (no gesture yet):
     // it starts on the next resume() instead of play() hanging.
-    const ctx = this._prepare(utterance.sampleRate);
-    const ready = this._ready;
-    return new Promise((resolve) => {
-      const entry = { id, utterance, resolve, ctx, rate: ctx.sampleRate, startedFrame: null, firstAudibleMs: null };
-      this._plays.set(id, entry);
-      (async () => {
-        try {
-          await ready;
-        } catch (e) {
-          entry.error = e;
+    const ctx = this._prepare(utterance.sampleRate); // may replace the context: registered after
+    Object.assign(entry, { ctx, rate: ctx.sampleRate });
+    this._plays.set(id, entry);
+    try {
+      await this._ready;
+    } catch (e) {
+      entry.error = e;
+    }
+    if (!this._plays.has(id) || this.context !== ctx || !this.node) {
+      this._finish(entry, { played: 0, underruns: 0, underrunSamples: 0, stopped: true });
+      return;
+    }
+    const port = this.node.port;
+    port.postMessage({ type: 'begin', id });
+    const resamplers = new Map(); // source rate -> Resampler: its state carries across chunks
+    const send = (samples, rate) => {
+      if (!this._plays.has(id) || !samples.length) return; // playback stopped: drain without cancelling synthesis
+      if (rate && rate !== ctx.sampleRate) {
+        if (!resamplers.has(rate)) resamplers.set(rate, new Resampler(rate, ctx.sampleRate));
+        samples = resamplers.get(rate).push(samples);
+      }
+      port.postMessage({ type: 'data', id, samples }, [samples.buffer]);
+    };
+    let opus = null;
+    try {
+      for await (const chunk of utterance) {
+        if (!this._plays.has(id)) continue;
+        if (utterance.format === 'opus') {
+          opus ??= new OggOpusDecoder((samples, rate) => send(samples, rate));
+          opus.push(chunk);
+        } else if (isEncoded(utterance.format)) {
+          throw new VoxError('unsupported_format', `VoxPlayer cannot play ${utterance.format}: ask for pcm_s16le or opus`);
+        } else {
+          send(toFloat32(chunk), utterance.sampleRate);
         }
-        if (!this._plays.has(id) || this.context !== ctx || !this.node) {
-          this._finish(entry, { played: 0, underruns: 0, underrunSamples: 0, stopped: true });
-          return;
-        }
-        const port = this.node.port;
-        port.postMessage({ type: 'begin', id });
-        try {
-          for await (const chunk of utterance) {
-            if (!this._plays.has(id)) continue; // playback stopped: drain without cancelling synthesis
-            let samples = toFloat32(chunk);
-            if (utterance.sampleRate && utterance.sampleRate !== ctx.sampleRate) {
-              samples = resampleLinear(samples, utterance.sampleRate, ctx.sampleRate);
-            }
-            port.postMessage({ type: 'data', id, samples }, [samples.buffer]);
-          }
-        } catch (e) {
-          entry.error = e; // play what arrived; the stats carry the error
-        }
-        if (utterance.state === 'cancelled' || utterance.state === 'cancelling') this.stop(utterance);
-        else port.postMessage({ type: 'end', id });
-      })();
-    });
+      }
+      await opus?.flush();
+      for (const r of resamplers.values()) {
+        const tail = r.flush();
+        if (tail.length) port.postMessage({ type: 'data', id, samples: tail }, [tail.buffer]);
+      }
+    } catch (e) {
+      entry.error = e; // play what arrived; the stats carry the error
+    } finally {
+      opus?.close();
+    }
+    if (utterance.state === 'cancelled' || utterance.state === 'cancelling') this.stop(utterance);
+    else port.postMessage({ type: 'end', id });
+  }
+
+  /** How far playback of an utterance has got, in ms of its audio (what the listener hears now);
+   * 0 before it starts, its full length after it ended. */
+  currentTimeMs(utterance) {
+    const entry = [...this._plays.values()].find((e) => e.utterance === utterance);
+    if (!entry) return this._endedAt.get(utterance) ?? 0;
+    if (!entry.rate || !entry.at) return 0;
+    // Extrapolate from the worklet's last report (every 50 ms), but never past what it holds, nor by more than
+    // 100 ms: if the audio thread stalls, the playhead waits instead of running ahead and back.
+    const elapsed = Math.min((performance.now() - entry.at) / 1000, 0.1);
+    const ahead = Math.min(entry.buffered, elapsed * entry.rate);
+    const latency = (this.context?.outputLatency || this.context?.baseLatency || 0) * entry.rate;
+    return (Math.max(0, entry.played + Math.max(0, ahead) - latency) / entry.rate) * 1000;
   }
 
   /** Stop playback now: everything, or one utterance. Does not cancel synthesis (use utterance.cancel()). */
@@ -1059,7 +1012,9 @@ export class VoxPlayer extends EventTarget {
   _onWorklet(m) {
     const entry = this._plays.get(m.id);
     if (!entry) return;
+    if (m.played !== undefined) Object.assign(entry, { played: m.played, buffered: m.buffered, at: performance.now() });
     if (m.type === 'started') {
+      entry.at = performance.now();
       entry.firstAudibleMs = this._audibleAt(m.frame) - entry.utterance.sentAt;
       this.dispatchEvent(new CustomEvent('start', { detail: { id: m.id, firstAudibleMs: entry.firstAudibleMs } }));
     } else if (m.type === 'progress') {
@@ -1083,7 +1038,7 @@ export class VoxPlayer extends EventTarget {
   }
 
   _stats(entry, m) {
-    const rate = entry.rate;
+    const rate = entry.rate || 1;
     return {
       id: entry.id,
       context: entry.utterance.context,
@@ -1100,28 +1055,178 @@ export class VoxPlayer extends EventTarget {
   }
 
   _finish(entry, m) {
-    if (!this._plays.delete(entry.id)) return;
+    if (entry.settled) return;
+    entry.settled = true;
+    this._plays.delete(entry.id);
     const stats = this._stats(entry, m);
     this.stats = stats;
+    this._endedAt.set(entry.utterance, stats.playedMs);
     this.dispatchEvent(new CustomEvent('ended', { detail: stats }));
     entry.resolve(stats);
   }
 }
 
-/** Linear-interpolation resampler, only used if a stream's rate differs from the AudioContext's. */
-function resampleLinear(x, from, to) {
-  const n = Math.max(1, Math.round((x.length * to) / from));
-  const out = new Float32Array(n);
-  const step = from / to;
-  for (let i = 0; i < n; i++) {
-    const p = i * step;
-    const j = Math.floor(p);
-    const f = p - j;
-    const a = x[Math.min(j, x.length - 1)];
-    const b = x[Math.min(j + 1, x.length - 1)];
-    out[i] = a + (b - a) * f;
+/** Streaming linear-interpolation resampler, used where a stream's rate differs from the AudioContext's.
+ * It keeps its position and the last sample between chunks, so chunk seams neither click nor drift:
+ * n input samples in any chunking give the same output as one call with all of them. */
+export class Resampler {
+  constructor(from, to) {
+    this.step = from / to;
+    this.pos = 0; // where the next output sample lies, in input samples from the next chunk's start (>= -1)
+    this.prev = 0; // the previous chunk's last sample (index -1)
+  }
+
+  push(x) {
+    const len = x.length;
+    if (!len) return new Float32Array(0);
+    const n = this.pos > len - 1 ? 0 : Math.floor((len - 1 - this.pos) / this.step) + 1;
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const p = this.pos + i * this.step;
+      const j = Math.floor(p);
+      const f = p - j;
+      const a = j < 0 ? this.prev : x[j];
+      const b = j + 1 < len ? x[j + 1] : x[len - 1];
+      out[i] = a + (b - a) * f;
+    }
+    this.pos = this.pos + n * this.step - len;
+    this.prev = x[len - 1];
+    return out;
+  }
+
+  /** The end of the stream: the samples due before the last input sample's period ends (held at its value). */
+  flush() {
+    const n = Math.max(0, Math.ceil(-this.pos / this.step));
+    this.pos += n * this.step;
+    return new Float32Array(n).fill(this.prev);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ogg Opus
+
+/** Splits an Ogg stream into packets as its bytes arrive (pages may be cut anywhere; packets may span pages). */
+export class OggDemuxer {
+  constructor() {
+    this._buf = new Uint8Array(0);
+    this._partial = []; // segments of a packet continued on the next page
+  }
+
+  /** Feed bytes; returns the packets completed by them (Uint8Array each). */
+  push(bytes) {
+    const buf = new Uint8Array(this._buf.length + bytes.length);
+    buf.set(this._buf);
+    buf.set(bytes, this._buf.length);
+    const packets = [];
+    let o = 0;
+    while (buf.length - o >= 27) {
+      if (buf[o] !== 0x4f || buf[o + 1] !== 0x67 || buf[o + 2] !== 0x67 || buf[o + 3] !== 0x53) {
+        throw new VoxError('bad_audio', 'not an Ogg stream (no OggS page header)');
+      }
+      const nseg = buf[o + 26];
+      if (buf.length - o < 27 + nseg) break;
+      const lacing = buf.subarray(o + 27, o + 27 + nseg);
+      const size = lacing.reduce((a, v) => a + v, 0);
+      if (buf.length - o < 27 + nseg + size) break;
+      let d = o + 27 + nseg;
+      for (const v of lacing) {
+        this._partial.push(buf.subarray(d, d + v));
+        d += v;
+        if (v < 255) packets.push(concat(this._partial.splice(0)));
+      }
+      o = d;
+    }
+    this._buf = buf.slice(o);
+    return packets;
+  }
+}
+
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
   }
   return out;
+}
+
+/** Samples (48 kHz units) in one Opus packet, from its TOC byte (RFC 6716, 3.1). */
+export function opusPacketSamples(packet) {
+  if (!packet.length) return 0;
+  const config = packet[0] >> 3;
+  const size = config < 12 ? [480, 960, 1920, 2880][config & 3] : config < 16 ? [480, 960][config & 1] : [120, 240, 480, 960][config & 3];
+  const code = packet[0] & 3;
+  const frames = code === 0 ? 1 : code === 3 ? (packet[1] ?? 0) & 0x3f : 2;
+  return size * frames;
+}
+
+/** Decodes an Ogg Opus stream with WebCodecs as its bytes arrive: `onSamples(Float32Array, rate)` gets mono
+ * audio in order. The header's pre-skip is dropped (the end is not trimmed to the last granule: at most one
+ * 20 ms frame of encoder padding may follow the speech). */
+export class OggOpusDecoder {
+  constructor(onSamples) {
+    if (typeof globalThis.AudioDecoder !== 'function') {
+      throw new VoxError('unsupported_format', 'this browser has no WebCodecs AudioDecoder for Opus');
+    }
+    this.onSamples = onSamples;
+    this.demuxer = new OggDemuxer();
+    this.head = null; // {channels, preSkip, inputRate}
+    this.packets = 0;
+    this.error = null;
+    this._t = 0; // microseconds at 48 kHz
+    this._skip = 0;
+    this.decoder = new AudioDecoder({
+      output: (data) => this._output(data),
+      error: (e) => {
+        this.error = e;
+      },
+    });
+  }
+
+  push(bytes) {
+    if (this.error) throw this.error;
+    for (const packet of this.demuxer.push(bytes)) {
+      this.packets += 1;
+      if (this.packets === 1) {
+        const tag = String.fromCharCode(...packet.subarray(0, 8));
+        if (tag !== 'OpusHead') throw new VoxError('bad_audio', 'an Ogg stream that is not Opus');
+        const v = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
+        this.head = { channels: packet[9], preSkip: v.getUint16(10, true), inputRate: v.getUint32(12, true) };
+        this._skip = this.head.preSkip;
+        this.decoder.configure({ codec: 'opus', sampleRate: 48000, numberOfChannels: this.head.channels, description: packet });
+        continue;
+      }
+      if (this.packets === 2) continue; // OpusTags
+      const duration = (opusPacketSamples(packet) / 48000) * 1e6;
+      this.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: this._t, duration, data: packet }));
+      this._t += duration;
+    }
+  }
+
+  _output(data) {
+    try {
+      const n = data.numberOfFrames;
+      const mono = new Float32Array(n);
+      data.copyTo(mono, { planeIndex: 0, format: 'f32-planar' });
+      // Pre-skip is counted at 48 kHz; scale it when the decoder gives another rate.
+      const skip = Math.min(n, Math.round((this._skip * data.sampleRate) / 48000));
+      this._skip -= Math.round((skip * 48000) / data.sampleRate);
+      if (skip < n) this.onSamples(skip ? mono.subarray(skip).slice() : mono, data.sampleRate);
+    } finally {
+      data.close();
+    }
+  }
+
+  /** Wait for every packet pushed so far to be decoded. */
+  async flush() {
+    if (this.decoder.state === 'configured') await this.decoder.flush();
+    if (this.error) throw this.error;
+  }
+
+  close() {
+    if (this.decoder.state !== 'closed') this.decoder.close();
+  }
 }
 
 export default VoxWS;
