@@ -451,8 +451,7 @@ def ogg_opus_tone(tmp_path: Path, seconds: float = 2.0, freq: int = 440) -> byte
     import shutil
     import subprocess
 
-    if not shutil.which("ffmpeg"):
-        pytest.skip("ffmpeg is not installed: it makes the Ogg Opus test file")
+    assert shutil.which("ffmpeg"), "ffmpeg is not installed (bin/test installs it): it makes the Ogg Opus test file"
     out = tmp_path / "tone.opus"
     tone = f"sine=frequency={freq}:duration={seconds}:sample_rate=48000"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", tone, "-ac", "1", "-c:a", "libopus", "-b:a", "48k",
@@ -466,7 +465,7 @@ def test_ogg_opus_decodes_as_its_bytes_arrive(browser: Browser, server: int, tmp
     data = ogg_opus_tone(tmp_path)
     page = blank(browser, server)
     out = js(page, """
-        if (!vox.VoxPlayer.canPlay('opus')) return { skip: 'no WebCodecs AudioDecoder in this Chromium' };
+        if (!vox.VoxPlayer.canPlay('opus')) return { unsupported: 'no WebCodecs AudioDecoder in this Chromium' };
         const bytes = Uint8Array.from(atob(arg), (c) => c.charCodeAt(0));
         const parts = [];
         let rate = null;
@@ -483,8 +482,7 @@ def test_ogg_opus_decodes_as_its_bytes_arrive(browser: Browser, server: int, tmp
         const peak = all.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
         return { n: all.length, rate, crossings, peak, head: d.head, packets: d.packets };
     """, base64.b64encode(data).decode())
-    if "skip" in out:
-        pytest.skip(out["skip"])
+    assert "unsupported" not in out, out
     assert out["head"]["channels"] == 1 and out["head"]["preSkip"] > 0
     seconds = out["n"] / out["rate"]
     assert 2.0 <= seconds <= 2.0 + 0.03  # all of it, pre-skip dropped (the last packet may carry padding)
@@ -497,10 +495,8 @@ def test_opus_from_the_server_plays_with_less_bandwidth(browser: Browser, server
     page = blank(browser, server)
     out = js(page, """
         const client = await vox.VoxWS.connect();
-        if (!client.ready.formats.includes('opus')) {
-          return { skip: 'the server does not offer opus yet (ready.formats)' };
-        }
-        if (!vox.VoxPlayer.canPlay('opus')) return { skip: 'no WebCodecs AudioDecoder in this Chromium' };
+        if (!client.ready.formats.includes('opus')) return { unsupported: 'the server does not offer opus' };
+        if (!vox.VoxPlayer.canPlay('opus')) return { unsupported: 'no WebCodecs AudioDecoder in this Chromium' };
         const player = new vox.VoxPlayer();
         const text = 'Compressed audio, decoded in the browser as it arrives.';
         const u = client.speak(text, { format: 'opus', sampleRate: 48000 });
@@ -510,8 +506,7 @@ def test_opus_from_the_server_plays_with_less_bandwidth(browser: Browser, server
         return { stats: { ...stats, error: stats.error && String(stats.error) }, summary: await u.done,
                  opusBytes: u.bytes, pcmBytes: p.bytes, types: u.chunks };
     """)
-    if "skip" in out:
-        pytest.skip(out["skip"])
+    assert "unsupported" not in out, out
     st = out["stats"]
     assert st["error"] is None and st["underruns"] == 0
     played_ms = st["playedMs"]

@@ -66,10 +66,6 @@ class Console:
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
     def _console(self, m: ConsoleMessage) -> None:
-        # The page probes GET /v1/voices; until the server has voice routes Chromium logs that 404 (lead: drop
-        # this once they land).
-        if m.type == "error" and m.location.get("url", "").endswith("/v1/voices") and "404" in m.text:
-            return
         if m.type == "error":
             self.errors.append(f"console: {m.text}")
 
@@ -348,8 +344,7 @@ def test_record_a_voice_and_speak_with_it(pw: Playwright, server: int, tmp_path:
         page.wait_for_function("window.voxDemo.recording")
         rec = demo(page, ".recording")
         assert rec["type"].startswith("audio/webm") and rec["bytes"] > 1000 and rec["ms"] >= 3000
-        if demo(page, ".voices") is None:
-            pytest.skip("the server has no /v1/voices yet (GET /v1/voices answers 404): upload untested")
+        assert demo(page, ".voices") is not None  # the picker was fed by GET /v1/voices
         page.fill("#rec-name", "Test voice")
         page.click("#rec-save")
         page.wait_for_function("window.voxDemo.savedVoice || window.voxDemo.error")
@@ -371,10 +366,8 @@ def test_record_a_voice_and_speak_with_it(pw: Playwright, server: int, tmp_path:
 
 def test_opus_plays_with_a_fraction_of_the_bandwidth(browser: Browser, server: int) -> None:
     page, console = open_page(browser, server)
-    if "opus" not in demo(page, ".ready.formats"):
-        pytest.skip("the server does not offer opus yet (ready.formats)")
-    if not page.evaluate("typeof AudioDecoder === 'function'"):
-        pytest.skip("no WebCodecs AudioDecoder in this Chromium")
+    assert "opus" in demo(page, ".ready.formats")
+    assert page.evaluate("typeof AudioDecoder === 'function'"), "Chromium without WebCodecs: the page offers PCM only"
     page.fill("#text", "Compressed speech takes a fraction of the bytes.")
     page.select_option("#format", "opus")
     state = speak_and_wait(page)
