@@ -27,7 +27,7 @@ def example(tag: str) -> str:
 def test_minimal_example_runs(tmp_path: Path, tag: str, module: str, wav: str) -> None:
     pytest.importorskip(module)
     with serve_process() as (_proc, port):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "VOXWS_URL": f"ws://127.0.0.1:{port}/v1/tts"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TTS_URL": f"ws://127.0.0.1:{port}/v1/tts"}
         out = subprocess.run([sys.executable, "-c", example(tag)], cwd=tmp_path, capture_output=True, text=True,
                              timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

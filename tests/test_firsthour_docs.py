@@ -34,9 +34,28 @@ def project(key: str) -> str:
     return m.group(1)
 # Flags of other tools that the docs quote on their own (pip, huggingface-cli, systemctl, nginx ...).
 OTHER_FLAGS = {"--no-build-isolation", "--local-dir", "--no-deps", "--now", "--no-index", "--find-links", "-w",
-               "--recursive-errors", "--man", "--autoplay-policy"}
+               "--recursive-errors", "--man", "--autoplay-policy",
+               "--server-cmd",  # bench/overhead.py
+               "--use-file-for-fake-audio-capture"}  # Chromium
 # What a pip line may install besides this project: libraries the docs' own examples use.
 OTHER_PACKAGES = {"websockets", "flash-attn", "matplotlib", "nano-vllm-voxcpm==2.0.5", "pydantic", "xxhash"}
+
+
+NESTED = {"voxws-ops voices"}  # command groups inside a command: `voxws-ops voices add ...`
+
+
+def command(g: TyperGroup, sub: str) -> Any:
+    """The (sub)command at a path such as "voices add", or None."""
+    cmd: Any = g
+    for word in sub.split():
+        cmd = cmd.commands.get(word) if isinstance(cmd, TyperGroup) else None
+        if cmd is None:
+            return None
+    return cmd
+
+
+def all_commands(cmd: Any) -> list[Any]:
+    return [cmd, *(c for sub in getattr(cmd, "commands", {}).values() for c in all_commands(sub))]
 
 
 @cache
@@ -73,7 +92,9 @@ def invocations(code: str) -> list[tuple[str, str, list[str]]]:
         if exe == "bin/serve":
             out.append(("voxws", "serve", [w for w in rest if w.startswith("--")]))
             continue
-        sub = next((w for w in rest if re.fullmatch(r"[a-z][a-z-]*", w)), "")
+        words = [w for w in rest if not w.startswith("-")]
+        sub = " ".join(words[:2]) if len(words) > 1 and f"{exe} {words[0]}" in NESTED else \
+            next((w for w in rest if re.fullmatch(r"[a-z][a-z-]*", w)), "")
         out.append((exe, sub, [w.split("=")[0] for w in rest if re.match(r"--?[a-z]", w)]))
     return out
 
@@ -84,16 +105,16 @@ def test_every_command_and_flag_in_the_docs_exists() -> None:
         for _, code in code_spans(doc.read_text()):
             for exe, sub, flags in invocations(code):
                 g = group(exe)
-                if sub and sub not in g.commands:
+                if sub and command(g, sub) is None:
                     bad.append(f"{doc.name}: `{code}`: {exe} has no command {sub!r}")
                     continue
-                allowed = options(g) | (options(g.commands[sub]) if sub else set())
+                allowed = options(g) | (options(command(g, sub)) if sub else set())
                 bad += [f"{doc.name}: `{code}`: {exe} {sub} has no option {f}" for f in flags if f not in allowed]
     assert not bad, "\n".join(bad)
 
 
 def test_every_flag_quoted_alone_exists_somewhere() -> None:
-    ours = {o for exe in APPS for c in group(exe).commands.values() for o in options(c)} | {"--version"}
+    ours = {o for exe in APPS for c in all_commands(group(exe)) for o in options(c)} | {"--version"}
     bad = []
     for doc in DOCS:
         for where, code in code_spans(doc.read_text()):

@@ -26,7 +26,8 @@ GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # VOXWS_* variables that are read elsewhere and are not server settings (tools, tests).
 OTHER_ENV = frozenset({"VOXWS_BENCH_TOKEN", "VOXWS_TEST_HANG_ON_SIGNAL", "VOXWS_CHROMIUM", "VOXWS_PROBE_FILE",
-                       "VOXWS_PROBE_TRACEMALLOC"})
+                       "VOXWS_PROBE_TRACEMALLOC",
+                       "VOXWS_STAGE_LOG"})  # benchmarks: per-stage timestamps (voxws/engines/engine_layer.py)
 
 
 class ConfigError(ValueError):
