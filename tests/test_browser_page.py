@@ -107,7 +107,7 @@ def test_page_loads_without_console_errors(browser: Browser, server: int) -> Non
     page, console = open_page(browser, server)
     assert "synthetic" in page.inner_text("#status")
     formats = page.eval_on_selector_all("#format option", "os => os.map(o => o.value)")
-    assert formats == list(FORMATS)
+    assert formats == [f for f in FORMATS if f != "mp3"]  # what this browser can play (the page decodes no mp3)
     assert page.eval_on_selector_all("#rate option", "os => os.length") == 6  # native + 5 others
     assert page.is_hidden("#banner")
     assert console.errors == []
