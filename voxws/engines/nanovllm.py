@@ -23,12 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import json
 import math
 import os
 import time
-import wave
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from multiprocessing.connection import wait as wait_for_sentinels
@@ -105,18 +103,6 @@ def chunk_samples_of(cfg: dict[str, Any]) -> int:
     vae = cfg.get("audio_vae_config") or {}
     rates = vae.get("decoder_rates") or [8, 8, 5, 2]
     return int(cfg.get("patch_size", 2)) * math.prod(int(r) for r in rates)
-
-
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit mono WAV of float32 samples: what the engine's encode_latents reads."""
-    pcm = np.clip(np.rint(np.asarray(audio, np.float32) * 32767), -32767, 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
 
 
 def _last_line(text: str) -> str:
@@ -323,6 +309,8 @@ class NanoVllmEngine:
         if latents is None and prompt.load_cached is not None:
             latents = prompt.load_cached(LATENTS_KIND)
         if latents is None:
+            from voxws.voices import wav_bytes  # 16-bit mono WAV, what the engine's encode_latents reads
+
             try:
                 latents = await self._pool.encode_latents(wav_bytes(prompt.audio, self.sample_rate), "wav")
             except Exception as e:
