@@ -61,3 +61,27 @@ def test_server_stages_write_one_row_per_hand_over_and_chunk(tmp_path, monkeypat
     assert [(r[2], r[3]) for r in rows] == [("-1", "1"), ("0", "1"), ("1", "1")]
     monkeypatch.delenv("VOXWS_STAGE_LOG")
     assert engine_layer.ServerStages.from_env() is None
+
+
+def test_the_worker_reads_voice_prompt_wavs_without_torchcodec():
+    torch = pytest.importorskip("torch", reason="torch is in the dev extra; the GPU harness runs this on the card")
+    import io
+
+    import numpy as np
+
+    from voxws.voices import wav_bytes
+
+    calls = []
+
+    def torchaudio_load(src, *a, format=None, **k):  # what torchaudio 2.9+ does without torchcodec
+        calls.append(format)
+        raise ImportError("TorchCodec is required for load_with_torchcodec")
+
+    load = engine_layer.wav_loader(torchaudio_load)
+    tone = (0.5 * np.sin(np.arange(7056 * 3) / 20)).astype(np.float32)
+    wav, rate = load(io.BytesIO(wav_bytes(tone, 44100)), format="wav")
+    assert rate == 44100 and tuple(wav.shape) == (1, len(tone)) and wav.dtype == torch.float32
+    assert float((wav[0] - torch.from_numpy(tone)).abs().max()) < 1e-4
+    assert calls == []
+    with pytest.raises(ImportError, match="TorchCodec"):  # anything else still goes to torchaudio
+        load(io.BytesIO(b"OggS not a wav"), format="ogg")

@@ -6,6 +6,10 @@ pool starts) points that module attribute at `worker_main` here, which spawn pic
 in the fresh worker it applies, before the engine loads the model:
 - `VOXWS_ENGINE_VAE=batched`: AudioVAE.streaming_decoder returns voxws's
   `SlotStreamingVAEDecoder` (vae_batched.py) instead of the engine's per-sequence loop;
+- voice prompts: the worker reads prompt audio with `torchaudio.load`, which (torchaudio 2.9 and later)
+  needs torchcodec and FFmpeg's libraries, absent on many GPU hosts (the lent H200 among them); voxws
+  only ever sends 16-bit WAV (voices.wav_bytes), so `wav_loader` reads that with the standard library
+  and hands anything else to torchaudio;
 - `VOXWS_STAGE_LOG=PREFIX` (benchmarks): every engine step's start, decoder call, decoder
   return and end (perf_counter: CLOCK_MONOTONIC, one clock for all processes) to
   `PREFIX.worker-<pid>.txt`; the server side (ServerStages) writes `PREFIX.server-<pid>.txt`.
@@ -78,6 +82,9 @@ def worker_main(queue_in: Any, queue_out: Any, args: Any, kwargs: Any) -> None:
     vae = os.environ.get(_ENV_VAE, "engine")
     check_engine(vae)
     stages = WorkerStages(os.environ[_ENV_STAGES]) if os.environ.get(_ENV_STAGES) else None
+    torchaudio = getattr(server, "torchaudio", None)
+    if torchaudio is not None:
+        torchaudio.load = wav_loader(torchaudio.load)
     _patch_decoder(vae, stages)
     if stages is not None:
         _patch_step(server, stages)
@@ -86,6 +93,32 @@ def worker_main(queue_in: Any, queue_out: Any, args: Any, kwargs: Any) -> None:
     finally:
         if stages is not None:
             stages.flush()
+
+
+def wav_loader(original: Any) -> Any:
+    """torchaudio.load that reads 16-bit PCM WAV from memory itself (no torchcodec, no FFmpeg)."""
+
+    def load(src: Any, *args: Any, format: str | None = None, **kwargs: Any) -> Any:
+        if format == "wav" and hasattr(src, "seek"):
+            import io
+            import wave
+
+            import numpy as np
+            import torch
+
+            start = src.tell()
+            try:
+                with wave.open(src, "rb") as w:
+                    if w.getsampwidth() == 2:
+                        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+                        channels = w.getnchannels()
+                        return torch.from_numpy(pcm.reshape(-1, channels).T.copy()), w.getframerate()
+            except (wave.Error, EOFError, io.UnsupportedOperation):
+                pass
+            src.seek(start)
+        return original(src, *args, format=format, **kwargs)
+
+    return load
 
 
 def _patch_decoder(vae: str, stages: WorkerStages | None) -> None:
