@@ -20,7 +20,8 @@ Per turn it measures, with perf_counter in this one process:
 - interrupt_to_last_audio_ms: from the InterruptionFrame queued to the last audio frame of the
   turn out of the TTS service (0 when none came after it); `frames_after_interrupt` counts them;
 - interrupt_to_cancelled_ms: from the InterruptionFrame to the server's `cancelled` (the engine slot
-  is free by then).
+  is free by then);
+- timed_word_frames: word-level TTSTextFrames with a pts (from the server's `words`) out of the turn.
 p50/p95 over the turns; printed and written to bench/results/agents_latency.json.
 """
 
@@ -47,6 +48,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
+    TTSTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -70,6 +72,7 @@ class TimingSink(FrameProcessor):
     def __init__(self) -> None:
         super().__init__()
         self.audio: list[tuple[float, str | None]] = []
+        self.words: list[str | None] = []  # context of each word-level TTSTextFrame timed to the audio (server `words`)
         self.event = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -77,6 +80,8 @@ class TimingSink(FrameProcessor):
         if isinstance(frame, TTSAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
             self.audio.append((_clock(), frame.context_id))
             self.event.set()
+        elif isinstance(frame, TTSTextFrame) and frame.pts and direction == FrameDirection.DOWNSTREAM:
+            self.words.append(frame.context_id)
         await self.push_frame(frame, direction)
 
     async def wait_for(self, pred: Any, timeout: float = 30.0) -> None:
@@ -161,6 +166,7 @@ async def run_mode(url: str, mode: str, turns: int, token_ms: float, frames_befo
                 "interrupt_to_last_audio_ms": max(0.0, last - t_int) * 1000,
                 "frames_after_interrupt": len(late),
                 "interrupt_to_cancelled_ms": None if t_cancelled is None else (t_cancelled - t_int) * 1000,
+                "timed_word_frames": sum(1 for x in sink.words if x == cid),
             })
             await asyncio.sleep(0.1)
     finally:
@@ -201,6 +207,7 @@ def main() -> int:
                 "after_first_sentence_ms": summary([r["after_first_sentence_ms"] for r in rows]),
                 "interrupt_to_last_audio_ms": summary([r["interrupt_to_last_audio_ms"] for r in rows]),
                 "frames_after_interrupt_total": sum(r["frames_after_interrupt"] for r in rows),
+                "timed_word_frames_total": sum(r["timed_word_frames"] for r in rows),
                 "interrupt_to_cancelled_ms": summary(cancelled) if cancelled else None,
                 "rows": [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
             }

@@ -93,6 +93,17 @@ class Bot:
         await self.worker.queue_frames([LLMFullResponseStartFrame(), *(LLMTextFrame(p) for p in pieces),
                                         LLMFullResponseEndFrame()])
 
+    async def turn_played(self, timeout: float = 20) -> str:
+        """Until the first turn's audio is all in the sink; its context id.
+
+        `on_context_done` says the server has sent the whole turn, not that the sink has it: the frames
+        still cross Pipecat's audio-context queue and the sink's own input queue. The turn's
+        TTSStoppedFrame comes after all its audio, in order, so it is the sink's marker."""
+        await until(lambda: len(self.done) == 1, timeout)
+        cid = next(iter(self.done))
+        await until(lambda: self.sink.stopped(cid), 10)
+        return cid
+
     async def slots_in_use(self) -> float:
         return await slots_in_use(self.server.port)
 
@@ -201,8 +212,7 @@ def test_context_errors_become_error_frames_and_the_next_turn_speaks() -> None:
             await bot.say(["This turn goes KABOOM."])
             await until(lambda: any("engine_error" in e for e in bot.source.errors()), 20)
             await bot.say(["This one is fine."])
-            await until(lambda: len(bot.done) == 1, 20)
-            cid = next(iter(bot.done))
+            cid = await bot.turn_played()
             assert len(bot.sink.audio(cid)) == bot.done[cid].chunks
             assert not bot.tts.client.closed  # type: ignore[union-attr]
         async with _bot(24000, voice="nobody") as bot:
@@ -218,9 +228,7 @@ def test_going_away_mid_turn_finishes_the_turn() -> None:
             await bot.say(TURN_TWO)
             await until(lambda: len(bot.sink.audio()) >= 2, 20)
             bot.server.drain()
-            await until(lambda: len(bot.done) == 1, 30)
-            cid = next(iter(bot.done))
-            await until(lambda: bot.sink.stopped(cid), 10)
+            cid = await bot.turn_played(30)
             assert len(bot.sink.audio(cid)) == bot.done[cid].chunks  # every frame of the turn, despite the drain
             # Then the server closes the socket (1001) and Pipecat's reconnection takes over.
     asyncio.run(main())

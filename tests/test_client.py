@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.agentutil import slots_free
@@ -33,6 +34,7 @@ from voxws.client import (
     RateLimitedError,
     Segment,
     ShuttingDownError,
+    StampedConnection,
     Start,
     TextTooLongError,
     TooManyContextsError,
@@ -86,6 +88,26 @@ def test_formats_count_samples() -> None:
                 # frames and add their delay, a few frames at most.
                 slack_ms = 1 if fmt.startswith("pcm") or fmt == "wav" else 120
                 assert abs(n - done.audio_ms * 24) <= 24 * slack_ms, fmt
+    run(main())
+
+
+def test_stamped_arrivals_and_the_audio_hook() -> None:
+    # What voxws-bench builds on: every frame goes to on_audio with its arrival stamp (no Audio items), and the
+    # context's stamps follow the wire's order on one monotonic clock.
+    async def main() -> None:
+        async with running() as server, VoxClient(url(server), stamp_arrivals=True, ping_interval=None) as c:
+            assert isinstance(c.connection, StampedConnection) and c.ready_at is not None
+            ctx = c.speak("Stamped frames, one by one.")
+            frames: list[tuple[bytes, float]] = []
+            ctx.on_audio = lambda data, at: frames.append((data, at))
+            got = await items(ctx)
+            done = got[-1]
+            assert isinstance(done, Done) and not any(isinstance(i, Audio) for i in got)
+            assert len(frames) == done.chunks and all(read_mark(np.frombuffer(d, dtype="<i2")) for d, _ in frames)
+            times = [at for _, at in frames]
+            assert ctx.sent_at is not None and ctx.started_at is not None and ctx.ended_at is not None
+            assert c.ready_at <= ctx.sent_at <= ctx.started_at <= times[0]
+            assert times == sorted(times) and times[-1] <= ctx.ended_at
     run(main())
 
 

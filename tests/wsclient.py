@@ -1,4 +1,9 @@
-"""A small protocol client for tests: collects every message of a socket by context."""
+"""A small protocol client for tests: collects every message of a socket by context.
+
+Deliberately raw, not voxws.client: the server's protocol tests need the wire as it is (every JSON
+message in order, malformed and out-of-order input, close codes), which a well-behaved client
+hides by design (it merges `text` messages, paces under the rate limit, drops what it cannot
+attribute). Tests of the client's own behaviour use voxws.client (tests/test_client.py)."""
 
 from __future__ import annotations
 

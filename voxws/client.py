@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import DATA_OPCODES, Frame
 
 from voxws.samples import SampleCounter
 
@@ -38,13 +39,14 @@ __all__ = [
     "Audio", "BadMessageError", "BadOptionError", "BusyError", "Cancelled", "ConnectionLost",
     "Context", "ContextExistsError", "Done", "EmptyTextError", "EngineError", "Flushed", "ForbiddenError",
     "GoingAway", "HandshakeError", "IdleTimeoutError", "Item", "MessageTooBigError", "Queued",
-    "RateLimitedError", "Ready", "Segment", "ShuttingDownError", "SlowConsumerError", "Start",
+    "RateLimitedError", "Ready", "Segment", "ShuttingDownError", "SlowConsumerError", "StampedConnection", "Start",
     "TextTooLongError", "TooManyContextsError", "UnauthorizedError", "UnavailableError",
     "UnknownContextError", "UnknownVoiceError", "UnsupportedFormatError", "VoxClient", "VoxError", "Words",
 ]
 
 Format = Literal["pcm_s16le", "pcm_f32le", "pcm_mulaw", "wav", "mp3", "opus"]
 _ids = itertools.count(1)
+clock = time.perf_counter  # every *_at time of this module (CLOCK_MONOTONIC on Linux: comparable across processes)
 
 
 # -- items --------------------------------------------------------------------
@@ -321,6 +323,17 @@ class Context:
         self.error: VoxError | None = None
         self._counter: SampleCounter | None = None
         self._finished_event = asyncio.Event()
+        # Timing (clock()): the first message of the context written to the socket; `queued`, `start` and the
+        # last message (done / cancelled / error) read from it. With `VoxClient(stamp_arrivals=True)` the
+        # reads are when the message's last bytes came off the socket, not when this client got to them.
+        self.sent_at: float | None = None
+        self.queued: Queued | None = None
+        self.queued_at: float | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        # Set it (right after speak/open_context) to take each binary frame as on_audio(data, arrived_at)
+        # instead of as Audio items: the measuring hook (no item, no sample count per frame).
+        self.on_audio: Callable[[bytes, float], None] | None = None
 
     # incremental input
 
@@ -416,9 +429,12 @@ class Context:
         if not self.finished:
             self._items.put_nowait(item)
 
-    def _audio(self, data: bytes) -> None:
+    def _audio(self, data: bytes, at: float) -> None:
         if self.finished or self.cancel_requested or self.start is None:
             return  # audio already in flight when the caller cancelled: dropped
+        if self.on_audio is not None:
+            self.on_audio(data, at)
+            return
         if self._counter is None:
             self._counter = SampleCounter(self.start.format, self.start.sample_rate)
         self._put(Audio(self.id, data, self._counter.count(data), self.start.format, self.start.sample_rate))
@@ -450,6 +466,29 @@ class Context:
 
 
 # -- the client ---------------------------------------------------------------
+
+
+class StampedConnection(ClientConnection):
+    """Stamps every data message with clock() at the moment its last bytes were read from the socket.
+
+    Taking the time when the reading task resumes would add the client's own queueing (a benchmark's
+    hundreds of sockets get their frames at once at every engine step) to every measurement.
+    One stamp per message, in order: whoever receives a message pops one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: deque[float] = deque()
+        self._read_at = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        self._read_at = clock()
+        super().data_received(data)
+
+    def process_event(self, event: Any) -> None:
+        if self.response is not None and isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(self._read_at)
+        super().process_event(event)
 
 
 @dataclass
@@ -485,8 +524,12 @@ class VoxClient:
 
     def __init__(self, url: str, *, token: str | None = None, open_timeout: float = 20.0,
                  on_going_away: Callable[[GoingAway], Any] | None = None,
-                 additional_headers: dict[str, str] | None = None, context_prefix: str = "c"):
+                 additional_headers: dict[str, str] | None = None, context_prefix: str = "c",
+                 ping_interval: float | None = 20.0, max_size: int | None = 2**24, stamp_arrivals: bool = False):
         self.url = url
+        self.ping_interval = ping_interval
+        self.max_size = max_size
+        self.stamp_arrivals = stamp_arrivals  # StampedConnection: exact arrival times (see Context.sent_at)
         self.token = token
         self.open_timeout = open_timeout
         self.on_going_away = on_going_away
@@ -495,6 +538,7 @@ class VoxClient:
             self.headers["Authorization"] = f"Bearer {token}"
         self.prefix = f"{context_prefix}{next(_ids)}."
         self.ready: Ready | None = None
+        self.ready_at: float | None = None
         self.going_away: GoingAway | None = None
         self.close_code: int | None = None
         self.close_reason: str = ""
@@ -516,11 +560,14 @@ class VoxClient:
         UnavailableError (503), HandshakeError (other statuses); OSError/TimeoutError when nothing answers."""
         try:
             ws = await connect(self.url, additional_headers=self.headers or None, compression=None,
-                               max_size=2**24, open_timeout=self.open_timeout)
+                               max_size=self.max_size, open_timeout=self.open_timeout,
+                               ping_interval=self.ping_interval,
+                               create_connection=StampedConnection if self.stamp_arrivals else None)
         except InvalidStatus as e:
             raise _handshake_error(e) from None
         try:
             hello = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+            self.ready_at = ws.arrivals.popleft() if isinstance(ws, StampedConnection) else clock()
         except (ConnectionClosed, asyncio.TimeoutError, ValueError) as e:  # 3.10: not the builtin TimeoutError
             await ws.close()
             raise ConnectionLost(f"no `ready` from the server: {e!r}") from None
@@ -565,6 +612,11 @@ class VoxClient:
     async def wait_closed(self) -> None:
         """Until the socket is closed (by either side)."""
         await self._closed.wait()
+
+    @property
+    def connection(self) -> ClientConnection | None:
+        """The websockets connection (None before connect)."""
+        return self._ws
 
     @property
     def open_contexts(self) -> list[Context]:
@@ -649,6 +701,9 @@ class VoxClient:
                     await asyncio.sleep(wait)
                     continue
                 msg = self._outbox.popleft()
+                ctx = self._contexts.get(msg.get("context"))  # type: ignore[arg-type]
+                if ctx is not None and ctx.sent_at is None:
+                    ctx.sent_at = clock()
                 await self._ws.send(json.dumps(msg, separators=(",", ":"), ensure_ascii=False))
         except ConnectionClosed:
             pass
@@ -657,18 +712,20 @@ class VoxClient:
 
     async def _read_loop(self) -> None:
         assert self._ws is not None
+        stamps = self._ws.arrivals if isinstance(self._ws, StampedConnection) else None
         try:
             async for raw in self._ws:
+                at = stamps.popleft() if stamps is not None else clock()
                 if isinstance(raw, bytes):
                     if self._current is not None:
-                        self._current._audio(raw)
+                        self._current._audio(raw, at)
                     continue
                 try:
                     msg = json.loads(raw)
                 except ValueError:
                     continue
                 if isinstance(msg, dict):
-                    self._dispatch(msg)
+                    self._dispatch(msg, at)
         except ConnectionClosed:
             pass
         finally:
@@ -676,13 +733,14 @@ class VoxClient:
             self.close_reason = self._ws.close_reason or ""
             self._lost(f"the socket closed ({self.close_code}: {self.close_reason})".replace(": )", ")"))
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
+    def _dispatch(self, msg: dict[str, Any], at: float) -> None:
         kind = msg.get("type")
         cid = msg.get("context")
         ctx = self._contexts.get(cid) if isinstance(cid, str) else None
         if kind == "error":
             err = error_from(msg)
             if ctx is not None:
+                ctx.ended_at = at
                 ctx._fail(err)
             elif cid is None:
                 self._socket_error(err)
@@ -700,11 +758,13 @@ class VoxClient:
         if kind == "start":
             ctx.start = Start(ctx.id, str(msg.get("format")), int(msg.get("sample_rate") or 0),
                               int(msg.get("channels") or 1))
+            ctx.started_at = at
             self._current = ctx
             if not ctx.cancel_requested:
                 ctx._put(ctx.start)
         elif kind == "queued":
-            ctx._put(Queued(ctx.id, int(msg.get("position") or 0)))
+            ctx.queued, ctx.queued_at = Queued(ctx.id, int(msg.get("position") or 0)), at
+            ctx._put(ctx.queued)
         elif kind == "segment":
             ctx._put(Segment(ctx.id, int(msg.get("index") or 0), str(msg.get("text") or ""),
                              str(msg.get("spoken") or ""), int(msg.get("source_start") or 0),
@@ -716,10 +776,12 @@ class VoxClient:
         elif kind == "flushed":
             ctx._put(Flushed(ctx.id, msg.get("flush_id")))
         elif kind == "done":
+            ctx.ended_at = at
             ctx._finish(Done(ctx.id, int(msg.get("audio_ms") or 0), msg.get("ttfb_ms"), int(msg.get("chunks") or 0),
                              int(msg.get("text_chars") or 0), int(msg.get("segments") or 0), msg.get("voice")))
         elif kind == "cancelled":
             se = msg.get("source_end")
+            ctx.ended_at = at
             ctx._finish(Cancelled(ctx.id, int(msg.get("audio_ms") or 0), se if isinstance(se, int) else None))
 
     def _socket_error(self, err: VoxError) -> None:
@@ -744,7 +806,10 @@ class VoxClient:
             return
         self._closed.set()
         self._outbox.clear()
+        at = clock()
         for ctx in list(self._contexts.values()):
+            if ctx.ended_at is None:
+                ctx.ended_at = at
             ctx._fail(self._closed_error(ctx.id))
 
 

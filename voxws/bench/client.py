@@ -1,24 +1,32 @@
-"""One protocol stream as a client sees it: connect, `speak`, record arrival times.
+"""One protocol stream as a client sees it: connect, `speak`, record arrival times, on voxws.client.
 
-The hot path (one binary frame) costs one perf_counter() call and two list appends;
-everything else is computed after the run (metrics.py). That keeps one client process
-able to drive hundreds of streams without its own CPU showing up in the numbers.
+The socket is a `VoxClient(stamp_arrivals=True)`: every message is stamped when its last bytes are
+read off the socket (not when this client's reader gets to it), and each binary frame goes to a
+`Context.on_audio` hook instead of becoming an item. So the hot path (one frame) costs the read
+loop's stamp pop plus two list appends here; everything else is computed after the run
+(metrics.py). That keeps one client process able to drive hundreds of streams without its own CPU
+showing up in the numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import DATA_OPCODES, Frame
+from websockets.exceptions import InvalidHandshake
 
-_clock = time.perf_counter  # CLOCK_MONOTONIC on Linux: comparable across client processes
+from voxws.client import (
+    FATAL,
+    ConnectionLost,
+    Context,
+    Done,
+    HandshakeError,
+    UnauthorizedError,
+    VoxClient,
+    VoxError,
+)
+from voxws.client import clock as _clock  # perf_counter: CLOCK_MONOTONIC on Linux, comparable across processes
 
 
 @dataclass(frozen=True)
@@ -33,15 +41,9 @@ class Target:
     open_timeout_s: float = 30.0
     request_timeout_s: float = 120.0
 
-    def speak(self, text: str, context: str) -> str:
-        msg: dict[str, Any] = {"type": "speak", "context": context, "text": text}
-        if self.format:
-            msg["format"] = self.format
-        if self.sample_rate:
-            msg["sample_rate"] = self.sample_rate
-        if self.voice:
-            msg["voice"] = self.voice
-        return json.dumps(msg, ensure_ascii=False)
+    def options(self) -> dict[str, Any]:
+        """VoxClient.speak's options for this target."""
+        return {"format": self.format, "sample_rate": self.sample_rate or None, "voice": self.voice or None}
 
 
 @dataclass
@@ -68,119 +70,81 @@ class StreamResult:
     error_message: str | None = None
 
 
-class TimedConnection(ClientConnection):
-    """Stamps every message with the moment its last bytes were read from the socket.
-
-    Taking the time when the reading task resumes would add the client's own queueing
-    (hundreds of sockets' frames land at once at every engine step) to every TTFB.
-    One stamp per message, in order: recv() callers pop one per message they get.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.arrivals: deque[float] = deque()
-        self._read_at = 0.0
-
-    def data_received(self, data: bytes) -> None:
-        self._read_at = _clock()
-        super().data_received(data)
-
-    def process_event(self, event: Any) -> None:
-        if self.response is not None and isinstance(event, Frame) and event.opcode in DATA_OPCODES \
-                and event.fin:
-            self.arrivals.append(self._read_at)
-        super().process_event(event)
-
-
 class ConnectFailed(Exception):
     def __init__(self, code: str, message: str):
         self.code, self.message = code, message
         super().__init__(f"{code}: {message}")
 
 
-async def open_stream(target: Target) -> tuple[TimedConnection, dict[str, Any]]:
+async def open_stream(target: Target) -> tuple[VoxClient, dict[str, Any]]:
     """Connect and wait for the server's `ready`; raise ConnectFailed with a short code."""
-    headers = {"Authorization": f"Bearer {target.token}"} if target.token else None
+    client = VoxClient(
+        target.url, token=target.token, open_timeout=target.open_timeout_s, context_prefix="b",
+        max_size=None,
+        ping_interval=None,  # a keepalive timeout must not end a stream mid-measurement
+        stamp_arrivals=True,  # frame times as read off the socket, not as this busy client got to them
+    )
     try:
-        ws = await connect(
-            target.url,
-            additional_headers=headers,
-            compression=None,  # deflate on PCM costs a lot of CPU and saves little
-            max_size=None,
-            ping_interval=None,  # a keepalive timeout must not end a stream mid-measurement
-            open_timeout=target.open_timeout_s,
-            subprotocols=None,
-            create_connection=TimedConnection,
-        )
-    except InvalidStatus as e:
-        raise ConnectFailed(f"http_{e.response.status_code}", str(e)) from None
+        await client.connect()
+    except (HandshakeError, UnauthorizedError) as e:
+        raise ConnectFailed(f"http_{getattr(e, 'status', None) or 401}", str(e)) from None
+    except (ConnectionLost, VoxError) as e:  # no `ready`, or something else first
+        raise ConnectFailed("no_ready", str(e)) from None
     except (OSError, InvalidHandshake, TimeoutError) as e:
         raise ConnectFailed("connect", f"{type(e).__name__}: {e}") from None
-    try:
-        first = await asyncio.wait_for(ws.recv(), target.open_timeout_s)
-        ws.arrivals.popleft()
-        msg = json.loads(first)
-    except (ConnectionClosed, TimeoutError, ValueError, TypeError) as e:
-        await ws.close()
-        raise ConnectFailed("no_ready", f"{type(e).__name__}: {e}") from None
-    if msg.get("type") != "ready":
-        await ws.close()
-        raise ConnectFailed(str(msg.get("code") or "no_ready"), f"first message was {first!r:.200}")
-    return ws, msg
+    assert client.ready is not None
+    return client, client.ready.raw
 
 
-async def speak(ws: TimedConnection, target: Target, text: str, res: StreamResult) -> None:
-    """Send one `speak` and record everything until its `done` (or error). Does not raise
-    for protocol errors; ConnectionClosed and cancellation propagate to the caller."""
-    context = f"b{res.id}"
-    payload = target.speak(text, context)
+async def speak(client: VoxClient, target: Target, text: str, res: StreamResult) -> bool:
+    """One `speak`, recorded until its `done` (or error). Does not raise for protocol errors; returns
+    False when the socket is closed (or about to be: an error that closes it). Cancellation propagates."""
+    res.t_sent = _clock()  # until the writer stamps the real send (it stays if nothing is sent)
+    ctx = client.speak(text, context=f"b{res.id}", **target.options())
     times, sizes = res.frame_t, res.frame_n
-    stamps = ws.arrivals
-    res.t_sent = _clock()
-    await ws.send(payload)
-    while True:
-        msg = await ws.recv()
-        t = stamps.popleft()
-        if type(msg) is bytes:
-            times.append(t)
-            sizes.append(len(msg))
-            continue
-        m = json.loads(msg)
-        kind = m.get("type")
-        if m.get("context") not in (context, None):
-            continue  # not ours (cannot happen with one context per socket; be tolerant)
-        if kind == "start":
-            res.t_start = t
-            res.format = m.get("format")
-            res.sample_rate = m.get("sample_rate")
-        elif kind == "queued":
-            res.t_queued = t
-            res.queue_position = m.get("position")
-        elif kind == "done":
-            res.t_done = t
-            res.done = m
-            return
-        elif kind == "error":
-            res.t_done = t
-            res.error = str(m.get("code") or "error")
-            res.error_message = m.get("message")
-            return
-        elif kind == "cancelled":
-            res.t_done = t
+
+    def on_audio(data: bytes, at: float) -> None:  # the hot path: one frame
+        times.append(at)
+        sizes.append(len(data))
+
+    ctx.on_audio = on_audio
+    usable = True
+    try:
+        end = await ctx.wait()
+        if isinstance(end, Done):
+            res.done = asdict(end)
+        else:
             res.error = "cancelled"
-            return
-        # pong, going_away (the in-flight context still finishes): nothing to record
+    except ConnectionLost as e:
+        res.error = "closed"
+        res.error_message = f"{e.close_code} {client.close_reason}" if e.close_code else str(e)
+        usable = False
+    except VoxError as e:
+        res.error, res.error_message = e.code, e.message
+        usable = e.code not in FATAL
+    _record(ctx, res)
+    return usable
 
 
-async def speak_timed(ws: TimedConnection, target: Target, text: str, res: StreamResult) -> bool:
+def _record(ctx: Context, res: StreamResult) -> None:
+    if ctx.sent_at is not None:
+        res.t_sent = ctx.sent_at
+    res.t_queued = ctx.queued_at
+    res.queue_position = ctx.queued.position if ctx.queued else None
+    res.t_start = ctx.started_at
+    if ctx.start is not None:
+        res.format, res.sample_rate = ctx.start.format, ctx.start.sample_rate
+    res.t_done = ctx.ended_at if ctx.ended_at is not None else _clock()
+
+
+async def speak_timed(client: VoxClient, target: Target, text: str, res: StreamResult) -> bool:
     """speak() with the per-request timeout; returns False when the socket is no longer usable."""
     try:
-        await asyncio.wait_for(speak(ws, target, text, res), target.request_timeout_s)
-        return True
+        return await asyncio.wait_for(speak(client, target, text, res), target.request_timeout_s)
     except TimeoutError:
         res.error, res.error_message = "timeout", f"no done within {target.request_timeout_s} s"
-    except ConnectionClosed as e:
-        res.error = "closed"
-        res.error_message = f"{e.rcvd.code} {e.rcvd.reason}" if e.rcvd else str(e)
+    ctx = next((c for c in client.open_contexts if c.id == f"b{res.id}"), None)
+    if ctx is not None:
+        _record(ctx, res)
     res.t_done = _clock()
     return False

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from voxws.bench.client import ConnectFailed, StreamResult, Target, TimedConnection, open_stream, speak_timed
+from voxws.bench.client import ConnectFailed, StreamResult, Target, open_stream, speak_timed
+from voxws.client import VoxClient
 
 _clock = time.perf_counter
 GO_DELAY_S = 0.05  # between "everyone connected" and the shared start instant
@@ -74,7 +75,7 @@ async def run_lanes(
     returns the absolute perf_counter() instant to start at."""
     t_begin = _clock()
     lanes = phase.lanes
-    conns: list[TimedConnection | None] = [None] * len(lanes)
+    conns: list[VoxClient | None] = [None] * len(lanes)
     first_conn: list[tuple[float, float] | ConnectFailed | None] = [None] * len(lanes)
     ready: dict[str, Any] = {}
 
@@ -94,7 +95,7 @@ async def run_lanes(
     t_go = await gate(sum(c is not None for c in conns))
     await asyncio.sleep(max(0.0, t_go - _clock()))
     results: list[StreamResult] = []
-    open_ws: set[TimedConnection] = {c for c in conns if c is not None}
+    open_ws: set[VoxClient] = {c for c in conns if c is not None}
 
     async def lane(i: int, jobs: tuple[Job, ...]) -> None:
         ws = conns[i]
@@ -155,11 +156,12 @@ async def run_lanes(
     return out
 
 
-async def _close(ws: TimedConnection) -> None:
+async def _close(ws: VoxClient) -> None:
     try:
         await asyncio.wait_for(ws.close(), 2.0)
     except Exception:
-        ws.transport.abort()
+        if ws.connection is not None:
+            ws.connection.transport.abort()
 
 
 def run_phase(target: Target, phase: Phase, procs: int = 1,

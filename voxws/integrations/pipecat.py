@@ -94,7 +94,8 @@ class VoxWSTTSService(WebsocketTTSService):
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._server_rate: int | None = None  # what the server is asked for (differs only if it lacks ours)
         self._receive_task: asyncio.Task[None] | None = None
-        # on_context_done(service, done: voxws.client.Done): a turn's audio is all out of the server.
+        # on_context_done(service, done: voxws.client.Done): a turn's audio is all out of the server (its last
+        # frames may still be in Pipecat's audio-context queue: downstream, the turn's TTSStoppedFrame marks its end).
         self._register_event_handler("on_context_done")
 
     def can_generate_metrics(self) -> bool:
