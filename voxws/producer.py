@@ -61,6 +61,7 @@ class Producer:
         # Heavy encoders: (run, chunk) in order; chunk None: the run's audio is all made; run None: an event.
         self.stage: asyncio.Queue[tuple[SegmentRun | None, np.ndarray | str | None]] | None = None
         self.stage_task: asyncio.Task[None] | None = None
+        self.closed = False  # run() has ended: runs still unwinding queue nothing more
         if ctx.encoder.heavy:
             self.stage = asyncio.Queue()
 
@@ -116,6 +117,7 @@ class Producer:
                 ctx.put_audio(pkt.data, pkt.samples)
             self.notify(ctx)
         finally:
+            self.closed = True
             for r in self.runs:
                 if r.task is not None and not r.task.done():
                     r.task.cancel()
@@ -144,6 +146,8 @@ class Producer:
 
     def _staged(self, run: SegmentRun | None, item: np.ndarray | str | None) -> None:
         assert self.stage is not None
+        if self.closed or self.ctx.dropping:
+            return  # a run unwinding after the context ended: nothing of it goes out
         if self.stage_task is None:
             self.stage_task = asyncio.create_task(self._stage_loop(), name=f"encode-{self.ctx.id}")
         self.stage.put_nowait((run, item))
