@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import running, url
+from tests.fuzzing import examples
 from tests.wsclient import open_ws
 from voxws.engines.synthetic import speaker_of
 
@@ -64,7 +65,7 @@ def check_progress(source: str, h: Heard, bytes_per_sample: int = 2, rate: int =
         assert s["source_start"] >= prev_end  # in order, no overlap
         prev_end = s["source_end"]
         covered[s["source_start"]:s["source_end"]] = True
-        assert s["spoken"].strip()
+        assert s["spoken"].strip() or s is segments[-1]  # a last one may only cover trailing marks, silently
     assert all(covered[i] for i, ch in enumerate(source) if not ch.isspace()), "a character no segment covers"
     # audio_start_ms is exact: the audio sent before the segment's first frame.
     sent = 0
@@ -123,7 +124,7 @@ mixed = st.lists(st.one_of(
 ).map("".join).filter(lambda t: any(c.isalnum() for c in t))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixed, st.booleans(), st.booleans())
 def test_segments_and_words_map_back_to_the_source_for_any_text(source: str, incremental: bool, norm: bool) -> None:
     async def scenario() -> None:

@@ -140,6 +140,19 @@ class Intake:
             out[-1].release = rel
         return out
 
+    def tail(self) -> Segment | None:
+        """At the end of input: source text no segment covers (stray marks or symbols after the last
+        speakable text, e.g. "好。" then "…"), as a segment with nothing to say, or None."""
+        if self._uncovered is None:
+            return None
+        a, b = self._uncovered, len(self.source.rstrip())
+        self._uncovered = None
+        if b <= a:
+            return None
+        seg = Segment(self.count, a, b, self.source[a:b], "", lambda i: a)
+        self.count += 1
+        return seg
+
     def _cover(self, start: int, n: norm.Normalized) -> None:
         a, b = n.to_source(0, len(n.spoken))
         if b > a and self._uncovered is None:

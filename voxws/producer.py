@@ -115,6 +115,13 @@ class Producer:
                 await self.stage.join()
             for pkt in await ctx.encoder.flush_packets_async():
                 ctx.put_audio(pkt.data, pkt.samples)
+            tail = ctx.intake.tail()
+            if tail is not None:  # so that the segments cover every character of the text (no audio of its own)
+                ctx.put_event(protocol.segment(ctx.id, index=tail.index, text=tail.text, spoken="",
+                                               source_start=tail.source_start, source_end=tail.source_end,
+                                               audio_start_ms=ctx.ms(ctx.queued_total)))
+                ctx.segment_count += 1
+                ctx.spoken_marks.append((ctx.queued_total, tail.source_end))
             self.notify(ctx)
         finally:
             self.closed = True
@@ -175,7 +182,7 @@ class Producer:
         chunks, first.keep = first.keep, None
         if not chunks or first.error is not None:
             return
-        audio = np.concatenate(chunks)
+        audio = np.concatenate(chunks).astype(np.float32) / 32767
         spoken = first.seg.spoken
         cost = sizing.voice_positions(self.engine.count_tokens(spoken), len(audio))
         if cost > sizing.continuity_budget(self.engine.max_model_len):
@@ -266,7 +273,9 @@ class SegmentRun:
         self.handoff = asyncio.Event()  # current and near its end (or ended): time to submit the next
         self.generated = asyncio.Event()  # the engine has made all of it
         self.complete = asyncio.Event()  # generated and every chunk handed on
-        self.keep: list[np.ndarray] | None = None  # native chunks kept for the continuity prompt
+        # Native chunks kept for the continuity prompt, as 16-bit samples (half the memory of float32; the
+        # engine is handed 16-bit WAV anyway).
+        self.keep: list[np.ndarray] | None = None
         self.announced = False
         self.audio_start = 0
         self.words: list[progress.Word] = []
@@ -305,7 +314,7 @@ class SegmentRun:
                     async for chunk in stream:
                         self.produced += 1
                         if self.keep is not None:
-                            self.keep.append(chunk)
+                            self.keep.append(np.rint(np.clip(chunk, -1.0, 1.0) * 32767).astype(np.int16))
                         if self.current:
                             p.emit(self, chunk)
                             if self.produced >= self.expected - LOOKAHEAD:
