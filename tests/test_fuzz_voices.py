@@ -21,7 +21,7 @@ import h11
 
 from tests.audiofiles import encode, speechlike
 from tests.fuzzing import examples
-from tests.voices_app import multipart, request, serving
+from tests.voices_app import multipart, request, serving, temp_files
 from voxws import voices
 
 # 10,000 cases on every run (~75 s on two busy cores); the nightly profile (VOXWS_FUZZ=nightly, tests/fuzzing.py)
@@ -30,12 +30,6 @@ CASES = int(os.environ.get("VOXWS_FUZZ_UPLOADS") or examples(10_000))
 SEED = int(os.environ.get("VOXWS_FUZZ_SEED", "20261201"))
 
 
-def temp_files() -> int:
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
-    return n
 
 
 class Gen:

@@ -4,7 +4,6 @@ server processes sharing one store."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import select
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.audiofiles import encode, speechlike
-from tests.voices_app import multipart, request, serving, serving_process, upload
+from tests.voices_app import multipart, request, serving, serving_process, temp_files, upload
 from voxws import voices
 
 TEXT = "what I said in it"
@@ -30,13 +29,6 @@ def leftovers(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name != voices.LOCK and not voices.valid_id(p.name))
 
 
-def temp_files() -> int:
-    """Open files of this process (server threads included) that are unlinked temp files: spooled uploads."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
-    return n
 
 
 def test_create_list_show_delete(tmp_path: Path) -> None:

@@ -391,22 +391,15 @@ def _run_wetext(text: str, lang: str) -> str:
 def _language_at(text: str, a: int, b: int, default: str) -> str:
     if (b < len(text) and _is_cjk(text[b])) or (a > 0 and _is_cjk(text[a - 1])):
         return "zh"  # glued to Chinese: "2024年", "为$1,200", "100元"
-    for k in range(a - 1, -1, -1):
-        c = text[k]
-        if c == "\n":
-            break
-        if _is_cjk(c):
-            return "zh"
-        if _is_latin(c):
-            return "en"
-    for k in range(b, len(text)):
-        c = text[k]
-        if c == "\n":
-            break
-        if _is_cjk(c):
-            return "zh"
-        if _is_latin(c):
-            return "en"
+    for ks in (range(a - 1, -1, -1), range(b, len(text))):  # the nearest letter before, then after
+        for k in ks:
+            c = text[k]
+            if c == "\n":
+                break
+            if _is_cjk(c):
+                return "zh"
+            if _is_latin(c):
+                return "en"
     return default
 
 
