@@ -23,14 +23,6 @@ OPENAI_VOICES = frozenset(("alloy", "ash", "ballad", "coral", "echo", "fable", "
 _PROMPT_CACHE = 32  # voice prompts kept decoded in memory
 
 
-class VoiceLike(Protocol):
-    id: str
-    text: str
-    created: str
-
-    def audio(self) -> np.ndarray: ...
-
-
 class VoiceBook(Protocol):
     """Where registered voices are looked up (voxws.voices.VoiceStore)."""
 

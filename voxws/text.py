@@ -234,7 +234,6 @@ class _Splitter:
         """allowed: the only indices where a cut may fall (e.g. not inside a normalized number); None: any."""
         self.text = text
         self.count = count_tokens
-        self.allowed = allowed
         ok = (lambda i: True) if allowed is None else (lambda i: i in allowed)
         self.ok = ok
         self.sentences = [i for i in sentence_cuts(text, final)[0] if ok(i)] + [len(text)]
