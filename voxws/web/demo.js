@@ -320,7 +320,9 @@ function follow(u, text) {
   const tick = () => {
     if (run.stop) return;
     const ms = player.currentTimeMs(u);
-    const w = u.wordAt(ms) ?? (u.words.length ? null : segmentAsWord(u.segmentAt(ms)));
+    // Words come before the audio they describe but the page may play a chunk before it reads them: fall back
+    // to the segment only once the server has finished without sending any (an older server).
+    const w = u.wordAt(ms) ?? (u.words.length || !u.summary ? null : segmentAsWord(u.segmentAt(ms)));
     if (w && w !== run.last && (!run.last || w.sourceStart >= run.last.sourceStart)) {
       run.last = w;
       const a = at[Math.min(w.sourceStart, at.length - 1)];
@@ -336,7 +338,7 @@ function follow(u, text) {
   tick();
 }
 
-// Without word timestamps (an older server), mark the whole segment.
+// Without word timestamps (an older server, known once it is done), mark the whole segment.
 function segmentAsWord(s) {
   return s && { sourceStart: s.source_start, sourceEnd: s.source_end, startMs: s.audio_start_ms };
 }
